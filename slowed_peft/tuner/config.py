@@ -1,0 +1,103 @@
+"""`SLowEDConfig`: the PEFT configuration of Slow Tuning (scaled, trust-region-bounded weight deltas)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from peft.config import PeftConfig
+
+from .._registration import ensure_peft_type
+
+DRIFT_GRANULARITIES = ("matrix", "row")
+
+
+@dataclass
+class SLowEDConfig(PeftConfig):
+    """Configuration of a SLowED (Slow Tuning) adapter.
+
+    Every targeted layer computes with ``W = W0 + ΔW`` where ``ΔW = γ·D`` (``γ = slow_factor``) and ``D`` is a
+    dense trainable matrix (``r=None``) or ``B @ A`` of rank ``r``. With ``max_drift = ρ`` the delta is rescaled in
+    the forward pass so that ``‖ΔW‖ ≤ ρ‖W0‖`` (Frobenius per matrix, or per output row) always holds.
+
+    Args:
+        r: ``None`` for a dense, full-rank delta (like full fine-tuning); an int >= 1 for a low-rank ``B @ A``.
+        slow_factor: γ in (0, 1]. Under Adam this equals a learning-rate scale of γ (see README "Method").
+        max_drift: ρ > 0, the hard trust region ``‖W − W0‖ ≤ ρ‖W0‖``; ``None`` disables it.
+        drift_granularity: ``"matrix"`` bounds each weight matrix, ``"row"`` bounds each output unit's row.
+        target_modules / exclude_modules / layers_to_transform / layers_pattern: PEFT's usual targeting fields;
+            ``"all-linear"`` targets every ``nn.Linear`` / ``Conv1D`` except the output layer.
+        init_weights: ``True`` starts from ``ΔW = 0`` (outputs equal the base model's); ``False`` draws a random
+            non-zero delta (testing only).
+        modules_to_save / trainable_token_indices: extra fully trained modules / token rows, as in LoRA.
+    """
+
+    r: Optional[int] = field(default=None, metadata={"help": "None: dense delta; int: rank of B @ A."})
+    slow_factor: float = field(default=0.1, metadata={"help": "Slow factor γ in (0, 1]: ΔW = γ·D."})
+    max_drift: Optional[float] = field(
+        default=0.05, metadata={"help": "Trust region ρ > 0: ‖W − W0‖ ≤ ρ‖W0‖ always; None disables it."}
+    )
+    drift_granularity: Literal["matrix", "row"] = field(
+        default="matrix", metadata={"help": "Where the trust region applies: 'matrix' or 'row' (per output unit)."}
+    )
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={"help": "Module names or regex to wrap; 'all-linear' for every linear layer but the output."},
+    )
+    exclude_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Module names or regex to exclude."}
+    )
+    layers_to_transform: Optional[Union[list[int], int]] = field(
+        default=None, metadata={"help": "Only wrap layers with these indices."}
+    )
+    layers_pattern: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Name of the layer list, used with layers_to_transform (e.g. 'layers')."}
+    )
+    init_weights: bool = field(
+        default=True, metadata={"help": "True: ΔW = 0 at start. False: random non-zero delta (tests only)."}
+    )
+    modules_to_save: Optional[list[str]] = field(
+        default=None, metadata={"help": "Modules trained in full and saved with the adapter."}
+    )
+    trainable_token_indices: Optional[Union[list[int], dict[str, list[int]]]] = field(
+        default=None, metadata={"help": "Token ids whose embedding rows are trained (as in LoRA)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = ensure_peft_type("SLOWED")
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                setattr(self, name, set(value))
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.r is not None:
+            if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+                raise ValueError(f"`r` must be None (dense delta) or an integer >= 1; got r={self.r!r}.")
+        if not isinstance(self.slow_factor, (int, float)) or not (0.0 < float(self.slow_factor) <= 1.0):
+            raise ValueError(f"`slow_factor` must be in (0, 1]; got slow_factor={self.slow_factor!r}.")
+        if self.max_drift is not None:
+            if not isinstance(self.max_drift, (int, float)) or not (float(self.max_drift) > 0.0):
+                raise ValueError(f"`max_drift` must be > 0 or None; got max_drift={self.max_drift!r}.")
+        if self.drift_granularity not in DRIFT_GRANULARITIES:
+            raise ValueError(
+                f"`drift_granularity` must be one of {DRIFT_GRANULARITIES}; got "
+                f"drift_granularity={self.drift_granularity!r}."
+            )
+        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+            raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str (regex).")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
+        """Load the config; for a local adapter folder also check its safetensors file before PEFT reads it."""
+        from ..utils.checks import check_adapter_weights_file
+
+        folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
+        if os.path.isdir(folder):
+            check_adapter_weights_file(folder)
+        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)

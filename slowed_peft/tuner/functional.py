@@ -1,0 +1,123 @@
+"""The math of Slow Tuning: trust-region scales and a fused dense-delta linear with its own backward.
+
+``ΔW = c·D`` with ``c = γ·min(1, ρ‖W0‖ / ‖γD‖)`` (per matrix, or per output row). Inside the region the gradient
+w.r.t. ``D`` is ``γ·G``; outside it is ``c·(G − ⟨G,D⟩/‖D‖²·D)`` (the derivative of the radial projection).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+# Squared norms are floored so that rsqrt/min never produce NaN or inf at D = 0 (the initial state).
+SQ_NORM_FLOOR = 1e-24
+
+Scale = Union[float, torch.Tensor]
+
+
+def trust_region_scale(sq_norm: torch.Tensor, w0_norm: torch.Tensor, gamma: float, rho: Optional[float]) -> Scale:
+    """Differentiable scale ``c`` such that ``‖c·D‖ <= ρ‖W0‖`` given ``sq_norm = ‖D‖²`` (matrix or per row)."""
+    if rho is None:
+        return gamma
+    norm = sq_norm.clamp_min(SQ_NORM_FLOOR).sqrt()
+    return gamma * torch.clamp(rho * w0_norm / (gamma * norm), max=1.0)
+
+
+def sq_norm(d: torch.Tensor, row_dim: Optional[int]) -> torch.Tensor:
+    """``‖D‖²`` in float32: a scalar (``row_dim=None``) or one value per output row (reduced over ``row_dim``)."""
+    d = d.float()
+    if row_dim is None:
+        return (d * d).sum()
+    return (d * d).sum(dim=row_dim, keepdim=True)
+
+
+def low_rank_sq_norm(lora_a: torch.Tensor, lora_b: torch.Tensor, per_row: bool) -> torch.Tensor:
+    """``‖B@A‖²`` without building ``B@A``: ``trace((BᵀB)(AAᵀ))``, or row-wise ``((B·AAᵀ) ⊙ B).sum(1)``."""
+    a, b = lora_a.float(), lora_b.float()
+    aat = a @ a.T
+    if per_row:
+        return ((b @ aat) * b).sum(dim=1, keepdim=True)
+    return ((b.T @ b) * aat).sum()
+
+
+class DenseDeltaLinear(torch.autograd.Function):
+    """``y = x·W_effᵀ + b`` with ``W_eff = W0 + Σ c_a·D_a`` precomputed; backward gives each ``D_a`` its gradient.
+
+    ``weight_eff`` is a cached buffer rebuilt (in place) only when a delta changed. Saving it for backward means a
+    stale graph (forward, optimizer step, backward) raises torch's in-place modification error instead of silently
+    using the wrong weight.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight_eff, bias, transposed, scales, projections, *deltas):  # noqa: D102
+        if transposed:  # transformers' Conv1D: weight is (in, out), y = x @ W + b
+            size_out = x.shape[:-1] + (weight_eff.shape[1],)
+            out = torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight_eff).view(size_out)
+        else:
+            out = F.linear(x, weight_eff, bias)
+        ctx.transposed = transposed
+        ctx.scales = scales
+        ctx.projections = projections
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight_eff, *deltas)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        x, weight_eff, *deltas = ctx.saved_tensors
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])
+        x2 = x.reshape(-1, x.shape[-1])
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (g2 @ weight_eff.T if ctx.transposed else g2 @ weight_eff).view(x.shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = g2.sum(0)
+        grad_deltas = []
+        grad_w = None
+        for i, delta in enumerate(deltas):
+            if not ctx.needs_input_grad[6 + i]:
+                grad_deltas.append(None)
+                continue
+            if grad_w is None:
+                grad_w = x2.T @ g2 if ctx.transposed else g2.T @ x2
+            grad_deltas.append(_delta_grad(grad_w, delta, ctx.scales[i], ctx.projections[i]))
+        return (grad_x, None, grad_bias, None, None, None, *grad_deltas)
+
+
+def _delta_grad(grad_w: torch.Tensor, delta: torch.Tensor, scale: Scale, projection) -> torch.Tensor:
+    """Chain rule through ``ΔW = c(D)·D``: ``c·(G − k·D)``, ``k = ⟨G,D⟩/‖D‖²`` where the trust region is active."""
+    g = grad_w.to(delta.dtype)
+    if projection is None:
+        return g * scale
+    clipped, row_dim = projection  # clipped: bool tensor (scalar or per row)
+    if not bool(clipped.any()):
+        return g * scale
+    dots = (g * delta).sum() if row_dim is None else (g * delta).sum(dim=row_dim, keepdim=True)
+    k = dots / sq_norm(delta, row_dim).clamp_min(SQ_NORM_FLOOR)
+    k = torch.where(clipped, k, torch.zeros_like(k))
+    return (g - k.to(delta.dtype) * delta) * scale
+
+
+def dense_scales(
+    deltas: Sequence[torch.Tensor],
+    w0_norms: Sequence[torch.Tensor],
+    gammas: Sequence[float],
+    rhos: Sequence[Optional[float]],
+    row_dim: Optional[int],
+) -> tuple[list[Scale], list]:
+    """Non-differentiable scales ``c_a`` and trust-region activity for each dense delta (used by the fused path)."""
+    scales, projections = [], []
+    with torch.no_grad():
+        for d, w0n, gamma, rho in zip(deltas, w0_norms, gammas, rhos):
+            if rho is None:
+                scales.append(gamma)
+                projections.append(None)
+                continue
+            sq = sq_norm(d, row_dim)
+            c = trust_region_scale(sq, w0n, gamma, rho)
+            clipped = c < gamma
+            scales.append(c.to(d.dtype))
+            projections.append((clipped, row_dim))
+    return scales, projections

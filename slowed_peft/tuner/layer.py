@@ -1,0 +1,301 @@
+"""SLowED tuner layers: wrap ``nn.Linear`` / transformers ``Conv1D`` with a scaled, trust-region-bounded delta."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .functional import DenseDeltaLinear, dense_scales, low_rank_sq_norm, sq_norm, trust_region_scale
+
+SUPPORTED_LAYER_TYPES = (nn.Linear, Conv1D)
+
+
+class SLowEDLayer(BaseTunerLayer):
+    """Per-layer SLowED state, keyed by adapter name (PEFT's convention).
+
+    Trainable: ``slowed_delta`` (dense ``D``, base-weight layout) or ``slowed_A`` (r×in) / ``slowed_B`` (out×r).
+    Saved but frozen: ``slowed_w0_norm`` (‖W0‖ per matrix or per row, float32), so a reloaded adapter enforces the
+    same bound. Plain settings: ``r``, ``slow_factor``, ``max_drift``, ``drift_granularity``.
+    """
+
+    adapter_layer_names = ("slowed_delta", "slowed_A", "slowed_B")
+    other_param_names = ("r", "slow_factor", "max_drift", "drift_granularity", "slowed_w0_norm")
+
+    def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
+        self.base_layer = base_layer
+        self.r: dict[str, Optional[int]] = {}
+        self.slow_factor: dict[str, float] = {}
+        self.max_drift: dict[str, Optional[float]] = {}
+        self.drift_granularity: dict[str, str] = {}
+        self.slowed_delta = nn.ParameterDict({})
+        self.slowed_A = nn.ParameterDict({})
+        self.slowed_B = nn.ParameterDict({})
+        self.slowed_w0_norm = BufferDict({}, persistent=True)
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self._weight_cache: Optional[tuple[tuple, torch.Tensor, list, list]] = None
+        self.kwargs = kwargs
+
+        base = self.get_base_layer()
+        if isinstance(base, nn.Linear):
+            self.in_features, self.out_features = base.in_features, base.out_features
+            self.is_conv1d = False
+        elif isinstance(base, Conv1D):
+            self.in_features, self.out_features = base.weight.shape
+            self.is_conv1d = True
+        else:
+            raise unsupported_layer_error(base)
+
+    # ----------------------------------------------------------------------------------------------------- set-up
+    def update_layer(self, adapter_name: str, config, r: Optional[int] = None, **kwargs: Any) -> None:
+        """Create (or re-create) the adapter ``adapter_name`` from ``config`` on this layer."""
+        r = config.r if r is None else r
+        self.r[adapter_name] = r
+        self.slow_factor[adapter_name] = float(config.slow_factor)
+        self.max_drift[adapter_name] = None if config.max_drift is None else float(config.max_drift)
+        self.drift_granularity[adapter_name] = config.drift_granularity
+        base_w = self.get_base_layer().weight
+        factory = {"device": base_w.device if base_w.device.type != "meta" else "cpu", "dtype": torch.float32}
+        if r is None:
+            self.slowed_delta[adapter_name] = nn.Parameter(torch.zeros(base_w.shape, **factory))
+        else:
+            self.slowed_A[adapter_name] = nn.Parameter(torch.zeros(r, self.in_features, **factory))
+            self.slowed_B[adapter_name] = nn.Parameter(torch.zeros(self.out_features, r, **factory))
+        self.slowed_w0_norm[adapter_name] = self._initial_norm(adapter_name)
+        self.reset_slowed_parameters(adapter_name, config.init_weights)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self._weight_cache = None
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def _initial_norm(self, adapter_name: str) -> torch.Tensor:
+        """‖W0‖ (Frobenius, or per output row in a broadcastable shape) in float32."""
+        w = self.get_base_layer().weight
+        row_dim = self._row_dim(adapter_name)
+        if w.device.type == "meta":  # loading with low_cpu_mem_usage: the saved buffer replaces this
+            shape = () if row_dim is None else (self.out_features, 1) if row_dim == 1 else (1, self.out_features)
+            return torch.ones(shape)
+        with torch.no_grad():
+            return sq_norm(w.detach(), row_dim).sqrt().float()
+
+    @torch.no_grad()
+    def reset_slowed_parameters(self, adapter_name: str, init_weights: bool = True) -> None:
+        """``init_weights=True``: ΔW = 0 (LoRA-style kaiming A, zero B). False: a random non-zero delta."""
+        if adapter_name in self.slowed_delta:
+            delta = self.slowed_delta[adapter_name]
+            if init_weights:
+                delta.zero_()
+            else:
+                w = self.get_base_layer().weight
+                std = float(w.float().std()) if w.device.type != "meta" else 0.02
+                delta.normal_(0.0, std / self.slow_factor[adapter_name])
+        elif adapter_name in self.slowed_A:
+            nn.init.kaiming_uniform_(self.slowed_A[adapter_name], a=math.sqrt(5))
+            if init_weights:
+                nn.init.zeros_(self.slowed_B[adapter_name])
+            else:
+                nn.init.normal_(self.slowed_B[adapter_name], std=0.02 / self.slow_factor[adapter_name])
+        self._weight_cache = None
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: Optional[torch.device] = None) -> None:
+        """PEFT's move, except that ‖W0‖ stays float32 (a bf16 norm would loosen the bound by up to 0.4%)."""
+        norm = self.slowed_w0_norm._buffers.pop(adapter_name, None) if adapter_name in self.slowed_w0_norm else None
+        super()._move_adapter_to_device_of_base_layer(adapter_name, device=device)
+        if norm is not None:
+            target = device if device is not None else self.get_base_layer().weight.device
+            self.slowed_w0_norm[adapter_name] = norm.to(target if target.type != "meta" else norm.device)
+
+    # -------------------------------------------------------------------------------------------------- helpers
+    def _row_dim(self, adapter_name: str) -> Optional[int]:
+        """Axis reduced for a per-row norm in the base weight's layout (None: whole matrix)."""
+        if self.drift_granularity[adapter_name] != "row":
+            return None
+        return 0 if self.is_conv1d else 1
+
+    def _w0_norm(self, adapter_name: str, device: torch.device) -> torch.Tensor:
+        return self.slowed_w0_norm[adapter_name].to(device)
+
+    def _low_rank_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, c·B)``: the trust-region scale folded into ``B`` (cheaper than scaling activations)."""
+        a, b = self.slowed_A[adapter_name], self.slowed_B[adapter_name]
+        gamma, rho = self.slow_factor[adapter_name], self.max_drift[adapter_name]
+        if rho is None:
+            return a, b * gamma
+        per_row = self.drift_granularity[adapter_name] == "row"
+        w0n = self._w0_norm(adapter_name, b.device)
+        if per_row:
+            w0n = w0n.reshape(-1, 1)
+        c = trust_region_scale(low_rank_sq_norm(a, b, per_row), w0n, gamma, rho)
+        return a, b * c.to(b.dtype)
+
+    def _dense_delta(self, adapter_name: str) -> torch.Tensor:
+        """Differentiable ``c(D)·D`` in the base weight's layout."""
+        d = self.slowed_delta[adapter_name]
+        gamma, rho = self.slow_factor[adapter_name], self.max_drift[adapter_name]
+        if rho is None:
+            return d * gamma
+        row_dim = self._row_dim(adapter_name)
+        c = trust_region_scale(sq_norm(d, row_dim), self._w0_norm(adapter_name, d.device), gamma, rho)
+        return d * c.to(d.dtype)
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """``ΔW = W − W0`` of one adapter, trust region applied, in the base weight's layout and float32."""
+        if adapter_name in self.slowed_delta:
+            return self._dense_delta(adapter_name)
+        if adapter_name in self.slowed_A:
+            a, b = self._low_rank_factors(adapter_name)
+            delta = b @ a
+            return delta.T if self.is_conv1d else delta
+        raise ValueError(f"Adapter {adapter_name!r} not found on this layer; it has {self._adapter_names()}.")
+
+    def _adapter_names(self) -> list[str]:
+        return [*self.slowed_delta.keys(), *self.slowed_A.keys()]
+
+    def invalidate_cache(self) -> None:
+        """Drop the cached effective weight (done automatically when a delta or the base weight changes)."""
+        self._weight_cache = None
+
+
+def unsupported_layer_error(layer: nn.Module) -> ValueError:
+    names = ", ".join(f"{t.__module__}.{t.__name__}" for t in SUPPORTED_LAYER_TYPES)
+    return ValueError(
+        f"SLowED cannot wrap a layer of type {type(layer).__module__}.{type(layer).__name__}; supported layer "
+        f"types: {names}. Adjust `target_modules` (e.g. 'all-linear') or add it to `exclude_modules`."
+    )
+
+
+class Linear(nn.Module, SLowEDLayer):
+    """SLowED around an ``nn.Linear`` or a transformers ``Conv1D`` (GPT-2 style, transposed weight)."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config, **kwargs: Any) -> None:
+        super().__init__()
+        SLowEDLayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------ merging
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        """Add the active adapters' ΔW into the base weight (the trust region holds in the merged weight too)."""
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        if not adapter_names:
+            return
+        base = self.get_base_layer()
+        for name in adapter_names:
+            if name not in self._adapter_names():
+                continue
+            with torch.no_grad():
+                delta = self.get_delta_weight(name).to(dtype=base.weight.dtype, device=base.weight.device)
+                if safe_merge:
+                    merged = base.weight.data + delta
+                    if not torch.isfinite(merged).all():
+                        raise ValueError(f"NaNs detected in the merged weights; adapter {name!r} seems to be broken.")
+                    base.weight.data = merged
+                else:
+                    base.weight.data.add_(delta)
+            self.merged_adapters.append(name)
+        self._weight_cache = None
+
+    def unmerge(self) -> None:
+        """Subtract the merged adapters' ΔW again, restoring W0 (up to floating-point rounding)."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            if name in self._adapter_names():
+                with torch.no_grad():
+                    base.weight.data.sub_(self.get_delta_weight(name).to(base.weight.dtype))
+        self._weight_cache = None
+
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        return True
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return self.base_layer(x, *args, **kwargs)
+        active = [a for a in self.active_adapters if a in self._adapter_names()]
+        if not active:
+            return self.base_layer(x, *args, **kwargs)
+
+        dense = [a for a in active if a in self.slowed_delta]
+        low_rank = [a for a in active if a in self.slowed_A]
+        base = self.get_base_layer()
+        if dense and self._can_fuse(x, dense):
+            result = self._fused_dense_forward(x, dense)
+        else:
+            result = self.base_layer(x, *args, **kwargs)
+            for name in dense:
+                d = self._dense_delta(name)
+                xd = x.to(d.dtype)
+                extra = xd @ d if self.is_conv1d else F.linear(xd, d)
+                result = result + extra.to(result.dtype)
+        for name in low_rank:
+            a, b = self._low_rank_factors(name)
+            xa = x.to(a.dtype)
+            result = result + F.linear(F.linear(xa, a), b).to(result.dtype)
+        return result.to(x.dtype) if base.weight.dtype == x.dtype else result
+
+    def _can_fuse(self, x: torch.Tensor, dense: list[str]) -> bool:
+        """The fused path needs one dtype for input, base weight and deltas, and no autocast."""
+        w = self.get_base_layer().weight
+        if torch.is_autocast_enabled(x.device.type) or x.dtype != w.dtype:
+            return False
+        return all(self.slowed_delta[a].dtype == w.dtype for a in dense)
+
+    def _fused_dense_forward(self, x: torch.Tensor, dense: list[str]) -> torch.Tensor:
+        base = self.get_base_layer()
+        weight_eff, scales, projections = self._effective_weight(dense)
+        deltas = [self.slowed_delta[a] for a in dense]
+        return DenseDeltaLinear.apply(
+            x, weight_eff, base.bias, self.is_conv1d, scales, projections, *deltas
+        )
+
+    def _effective_weight(self, dense: list[str]) -> tuple[torch.Tensor, list, list]:
+        """``W0 + Σ c_a·D_a`` in a persistent buffer, rebuilt in place only when a delta or W0 changed."""
+        w0 = self.get_base_layer().weight
+        deltas = [self.slowed_delta[a] for a in dense]
+        key = (
+            tuple(dense),
+            w0.data_ptr(),
+            w0._version,
+            w0.dtype,
+            tuple((d.data_ptr(), d._version) for d in deltas),
+            tuple((self.slow_factor[a], self.max_drift[a], self.drift_granularity[a]) for a in dense),
+        )
+        cache = self._weight_cache
+        if cache is not None and cache[0] == key:
+            return cache[1], cache[2], cache[3]
+        scales, projections = [], []
+        for a, d in zip(dense, deltas):
+            s, p = dense_scales(
+                [d], [self._w0_norm(a, w0.device)], [self.slow_factor[a]], [self.max_drift[a]], self._row_dim(a)
+            )
+            scales += s
+            projections += p
+        with torch.no_grad():
+            reusable = cache is not None and (cache[1].shape, cache[1].device, cache[1].dtype) == (
+                w0.shape, w0.device, w0.dtype
+            )
+            buf = cache[1] if reusable else torch.empty_like(w0, memory_format=torch.contiguous_format)
+            torch.mul(deltas[0], scales[0], out=buf)
+            for d, c in zip(deltas[1:], scales[1:]):
+                buf.add_(d * c)
+            buf.add_(w0)
+        self._weight_cache = (key, buf, scales, projections)
+        return buf, scales, projections
+
+    def __repr__(self) -> str:
+        return "slowed." + super().__repr__()

@@ -1,0 +1,72 @@
+"""`SLowEDModel`: the PEFT tuner that injects SLowED layers into a transformers model."""
+
+from __future__ import annotations
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+from .config import SLowEDConfig
+from .layer import SUPPORTED_LAYER_TYPES, Linear, SLowEDLayer, unsupported_layer_error
+
+
+class SLowEDModel(BaseTuner):
+    """Slow Tuning as a PEFT method: ``W = W0 + ΔW`` with ``ΔW`` scaled by γ and bounded by ``‖ΔW‖ ≤ ρ‖W0‖``.
+
+    Everything else (targeting, ``all-linear``, multiple adapters, ``disable_adapter``, merging, saving) is PEFT's
+    ``BaseTuner`` machinery. Created by ``get_peft_model(model, SLowEDConfig(...))`` after ``import slowed_peft``.
+    """
+
+    prefix: str = "slowed_"
+    tuner_layer_cls = SLowEDLayer
+    target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.copy()
+
+    def _create_and_replace(
+        self,
+        config: SLowEDConfig,
+        adapter_name: str,
+        target: torch.nn.Module,
+        target_name: str,
+        parent: torch.nn.Module,
+        current_key: str,
+        **optional_kwargs,
+    ) -> None:
+        if current_key is None:
+            raise ValueError("Current key shouldn't be `None`.")
+        if isinstance(target, SLowEDLayer):
+            target.update_layer(adapter_name, config)
+            return
+        new_module = self._create_new_module(config, adapter_name, target, current_key)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)  # an added, inactive adapter is not trainable until set_adapter
+        self._replace_module(parent, target_name, new_module, target)
+
+    @staticmethod
+    def _create_new_module(config: SLowEDConfig, adapter_name: str, target: torch.nn.Module, key: str = ""):
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if not isinstance(base, SUPPORTED_LAYER_TYPES):
+            err = unsupported_layer_error(base)
+            raise ValueError(f"Module {key!r}: {err}") from None
+        return Linear(target, adapter_name, config)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        """PEFT's remapping plus a shape check that names the module and both shapes (instead of torch's error)."""
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        own = model.state_dict()
+        for key, value in remapped.items():
+            if key in own and tuple(own[key].shape) != tuple(value.shape):
+                module = key.rsplit(".slowed_", 1)[0].removeprefix("base_model.model.")
+                raise ValueError(
+                    f"The adapter does not fit this base model: module {module!r} ({key.rsplit('.', 2)[-2]}) has "
+                    f"shape {tuple(value.shape)} in the checkpoint but {tuple(own[key].shape)} in the model. Was the "
+                    f"adapter trained on another base model (adapter_config.json: base_model_name_or_path="
+                    f"{config.base_model_name_or_path!r})?"
+                )
+        return remapped
+
+    def invalidate_caches(self) -> None:
+        """Rebuild every cached effective weight on the next forward (only needed after edits through ``.data``)."""
+        for module in self.model.modules():
+            if isinstance(module, SLowEDLayer):
+                module.invalidate_cache()

@@ -1,0 +1,115 @@
+"""Layer-level checks: the fused dense path against plain autograd, caching, dtypes and checkpointing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import batch
+from peft import get_peft_model
+from transformers.pytorch_utils import Conv1D
+
+from slowed_peft import SLowEDConfig
+from slowed_peft.tuner.layer import Linear
+
+
+def make_layer(kind: str, granularity: str, rho, r=None, seed=0):
+    torch.manual_seed(seed)
+    base = torch.nn.Linear(24, 16) if kind == "linear" else Conv1D(16, 24)
+    cfg = SLowEDConfig(r=r, slow_factor=0.5, max_drift=rho, drift_granularity=granularity, init_weights=False)
+    return Linear(base, "default", cfg)
+
+
+def reference_forward(layer, x):
+    """Plain autograd: base(x) + x·ΔWᵀ with ΔW = c(D)·D differentiable (the slow, obviously-correct path)."""
+    delta = layer.get_delta_weight("default")
+    extra = x @ delta if layer.is_conv1d else x @ delta.T
+    return layer.base_layer(x) + extra
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+@pytest.mark.parametrize("granularity", ["matrix", "row"])
+@pytest.mark.parametrize("rho", [None, 0.05, 10.0])
+def test_fused_dense_matches_autograd_reference(kind, granularity, rho):
+    layer = make_layer(kind, granularity, rho)
+    x = torch.randn(3, 5, 24, requires_grad=True)
+    g = torch.randn(3, 5, 16)
+    out = layer(x)
+    (out * g).sum().backward()
+    grad_fused, grad_x = layer.slowed_delta["default"].grad.clone(), x.grad.clone()
+    layer.slowed_delta["default"].grad = None
+    x.grad = None
+    ref = reference_forward(layer, x)
+    (ref * g).sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_fused, layer.slowed_delta["default"].grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grad_x, x.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("granularity", ["matrix", "row"])
+def test_trust_region_gradient_is_finite_at_zero_delta(granularity):
+    layer = make_layer("linear", granularity, 0.05)
+    with torch.no_grad():
+        layer.slowed_delta["default"].zero_()
+    x = torch.randn(4, 24)
+    layer(x).sum().backward()
+    grad = layer.slowed_delta["default"].grad
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_effective_weight_is_cached_until_delta_changes():
+    layer = make_layer("linear", "matrix", 0.05)
+    x = torch.randn(2, 24)
+    layer(x)
+    first = layer._weight_cache[1]
+    version = first._version
+    layer(x)
+    assert layer._weight_cache[1] is first and first._version == version  # no rebuild
+    with torch.no_grad():
+        layer.slowed_delta["default"].mul_(0.5)
+    out = layer(x)
+    assert first._version > version  # rebuilt in place after the change
+    torch.testing.assert_close(out, reference_forward(layer, x), rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_base_with_fp32_adapter_trains(tiny_llama):
+    model, path = tiny_llama
+    model = model.to(torch.bfloat16)
+    pm = get_peft_model(model, SLowEDConfig(target_modules="all-linear", slow_factor=1.0, max_drift=0.1))
+    deltas = [p for n, p in pm.named_parameters() if p.requires_grad]
+    assert deltas and all(p.dtype == torch.float32 for p in deltas)
+    x = batch()
+    with torch.no_grad():
+        base = model(x).logits.clone()  # adapters are zero: same as base
+    pm.train()
+    loss = pm(input_ids=x, labels=x).loss
+    assert loss.dtype == torch.bfloat16 or loss.dtype == torch.float32
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in deltas)
+    torch.optim.AdamW(deltas, lr=0.01).step()
+    with torch.no_grad():
+        after = pm(x).logits
+    assert after.dtype == torch.bfloat16
+    assert (after.float() - base.float()).abs().max() > 0  # small fp32 updates are not lost in bf16 rounding
+
+
+@pytest.mark.parametrize("r", [None, 4])
+def test_gradient_checkpointing_gives_same_loss_and_grads(tiny_llama, r):
+    model, _ = tiny_llama
+    pm = get_peft_model(model, SLowEDConfig(target_modules="all-linear", r=r, slow_factor=1.0, max_drift=0.1))
+    x = batch()
+    pm.train()
+
+    def grads():
+        for p in pm.parameters():
+            p.grad = None
+        loss = pm(input_ids=x, labels=x).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in pm.named_parameters() if p.requires_grad}
+
+    plain_loss, plain = grads()
+    pm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ckpt_loss, ckpt = grads()
+    assert pm.base_model.model.is_gradient_checkpointing
+    assert plain_loss == pytest.approx(ckpt_loss, abs=1e-6)
+    for n in plain:
+        torch.testing.assert_close(plain[n], ckpt[n], rtol=1e-5, atol=1e-7)
