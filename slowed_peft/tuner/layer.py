@@ -205,7 +205,7 @@ class Linear(nn.Module, SLowEDLayer):
     def unmerge(self) -> None:
         """Subtract the merged adapters' ΔW again, restoring W0 (up to floating-point rounding)."""
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         base = self.get_base_layer()
         while self.merged_adapters:

@@ -54,15 +54,19 @@ class SLowEDModel(BaseTuner):
         """PEFT's remapping plus a shape check that names the module and both shapes (instead of torch's error)."""
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         own = model.state_dict()
-        for key, value in remapped.items():
-            if key in own and tuple(own[key].shape) != tuple(value.shape):
-                module = key.rsplit(".slowed_", 1)[0].removeprefix("base_model.model.")
-                raise ValueError(
-                    f"The adapter does not fit this base model: module {module!r} ({key.rsplit('.', 2)[-2]}) has "
-                    f"shape {tuple(value.shape)} in the checkpoint but {tuple(own[key].shape)} in the model. Was the "
-                    f"adapter trained on another base model (adapter_config.json: base_model_name_or_path="
-                    f"{config.base_model_name_or_path!r})?"
-                )
+        mismatches = [
+            f"module {key.rsplit('.slowed_', 1)[0].removeprefix('base_model.model.')!r} ({key.rsplit('.', 2)[-2]}): "
+            f"{tuple(remapped[key].shape)} in the checkpoint but {tuple(tensor.shape)} in the model"
+            for key, tensor in own.items()
+            if key in remapped and tuple(remapped[key].shape) != tuple(tensor.shape)
+        ]
+        if mismatches:
+            more = f" (and {len(mismatches) - 3} more)" if len(mismatches) > 3 else ""
+            raise ValueError(
+                "The adapter does not fit this base model: " + "; ".join(mismatches[:3]) + more + ". Was it trained "
+                f"on another base model (adapter_config.json: base_model_name_or_path="
+                f"{config.base_model_name_or_path!r})?"
+            )
         return remapped
 
     def invalidate_caches(self) -> None:

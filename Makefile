@@ -1,0 +1,25 @@
+# The two commands of the README: `make demo` (main job) and `make test` (test suite). Both set up .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY ?= 1
+
+.PHONY: setup demo test test-slow bench lint
+
+setup:
+	VENV=$(VENV) bash scripts/setup.sh
+
+demo: setup
+	$(PY) recipes/quick_demo.py --output_dir outputs/quick_demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+bench: setup
+	$(PY) benchmarks/bench_tuner.py
+
+lint: setup
+	$(VENV)/bin/ruff check slowed_peft tests benchmarks recipes

@@ -1,0 +1,202 @@
+"""The fixed prompt-completion format every CoT loader produces, plus column-mapping converters for any dataset.
+
+A row is ``{"prompt": str, "completion": str, "answer": str}`` (TRL's *prompt-completion* layout) where::
+
+    prompt     = "Question: <question>\\nAnswer:"
+    completion = " <rationale>\\nSo the answer is <answer>."
+
+The completion always ends with the line ``So the answer is <answer>.`` (see :func:`answer_line` /
+:func:`extract_answer`), and ``answer`` keeps the gold answer as a plain string for scoring. With
+``conversational=True`` the row is ``{"prompt": [{"role": "user", "content": <question>}],
+"completion": [{"role": "assistant", "content": "<rationale>\\nSo the answer is <answer>."}], "answer": ...}``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional, Sequence
+
+from datasets import Dataset
+
+ANSWER_PREFIX = "So the answer is"
+PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+
+# The last "So the answer is X." line of a text (X may itself contain dots, e.g. "3.5").
+_ANSWER_LINE_RE = re.compile(rf"{ANSWER_PREFIX}\s*(.+?)\s*\.?\s*$", re.MULTILINE)
+# A trailing answer sentence a teacher rationale may already carry ("... So the answer is (B)." / "The answer is 4.").
+_TRAILING_ANSWER_RE = re.compile(r"(?:^|(?<=[.!?\n]))\s*(?:So the answer is|The answer is)[^\n]*$")
+
+ROW_COLUMNS = ("prompt", "completion", "answer")
+
+
+def default_data_path(subdir: str) -> Path:
+    """``<data_dir>/<subdir>`` (``ValueError`` when no data folder is configured)."""
+    from ..utils.paths import data_dir
+
+    return data_dir(required=True) / subdir
+
+
+def clip_limit(n: int, limit: Optional[int]) -> int:
+    """How many of ``n`` rows to keep under ``limit`` (``None``: all)."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}.")
+    return n if limit is None else min(n, limit)
+
+
+def normalize_answer(answer: Any) -> str:
+    """The answer as one stripped line without a trailing period; ``ValueError`` when it is empty."""
+    text = " ".join(str(answer).split())
+    if text.endswith("."):
+        text = text[:-1].rstrip()
+    if not text:
+        raise ValueError(f"Empty answer: {answer!r}.")
+    return text
+
+
+def format_number(value: float) -> str:
+    """A number as an answer string: integers without ``.0``; otherwise at most 6 decimals, trailing zeros dropped."""
+    if abs(value - round(value)) < 1e-9:
+        return str(int(round(value)))
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def answer_line(answer: Any) -> str:
+    """The fixed final line of every completion: ``So the answer is <answer>.``"""
+    return f"{ANSWER_PREFIX} {normalize_answer(answer)}."
+
+
+def extract_answer(text: str) -> Optional[str]:
+    """The answer of the last ``So the answer is <answer>.`` line in ``text`` (e.g. a generation), else ``None``."""
+    matches = _ANSWER_LINE_RE.findall(text or "")
+    return matches[-1].strip() if matches else None
+
+
+def strip_answer_line(rationale: str) -> str:
+    """The rationale without a trailing "So the answer is ..." / "The answer is ..." sentence, stripped."""
+    return _TRAILING_ANSWER_RE.sub("", rationale.strip()).strip()
+
+
+def to_prompt_completion(
+    question: str, rationale: str, answer: Any, conversational: bool = False
+) -> Dict[str, Any]:
+    """One prompt-completion row from a question, a teacher rationale and the gold answer (see module docstring).
+
+    A trailing answer sentence already present in ``rationale`` is replaced by the fixed answer line.
+    """
+    question = str(question).strip()
+    if not question:
+        raise ValueError("Empty question.")
+    gold = normalize_answer(answer)
+    body = strip_answer_line(str(rationale or ""))
+    target = f"{body}\n{answer_line(gold)}" if body else answer_line(gold)
+    if conversational:
+        return {
+            "prompt": [{"role": "user", "content": question}],
+            "completion": [{"role": "assistant", "content": target}],
+            "answer": gold,
+        }
+    return {"prompt": PROMPT_TEMPLATE.format(question=question), "completion": " " + target, "answer": gold}
+
+
+def to_conversational(row: Dict[str, Any]) -> Dict[str, Any]:
+    """Convert a string prompt-completion row (this module's format) to the conversational one."""
+    prompt, completion = row["prompt"], row["completion"]
+    if not isinstance(prompt, str):
+        return dict(row)  # already conversational
+    match = re.fullmatch(r"Question: (.*)\nAnswer:", prompt, flags=re.DOTALL)
+    question = match.group(1) if match else prompt
+    return {
+        **row,
+        "prompt": [{"role": "user", "content": question}],
+        "completion": [{"role": "assistant", "content": completion.strip()}],
+    }
+
+
+def rows_to_dataset(rows: Iterable[Dict[str, Any]], what: str = "dataset") -> Dataset:
+    """A ``datasets.Dataset`` from rows; ``ValueError`` when there are none."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError(f"The {what} is empty: no rows to convert.")
+    return Dataset.from_list(rows)
+
+
+def check_columns(ds: Dataset, required: Sequence[str]) -> None:
+    """``ValueError`` naming missing columns (and the ones present), or when ``ds`` has no rows."""
+    missing = [c for c in required if c not in ds.column_names]
+    if missing:
+        raise ValueError(
+            f"Missing column(s) {missing}; the dataset has columns {list(ds.column_names)}. "
+            "Pass the matching *_column arguments to map them."
+        )
+    if len(ds) == 0:
+        raise ValueError("The dataset is empty: no rows to convert.")
+
+
+def _message_text(value: Any, role: str) -> str:
+    """Plain text from a string or a list of chat messages (the content of the last message with ``role``)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        contents = [m.get("content", "") for m in value if isinstance(m, dict) and m.get("role") == role]
+        if contents:
+            return str(contents[-1])
+    raise ValueError(f"Cannot read a {role} text from {value!r}.")
+
+
+def from_columns(
+    ds: Dataset,
+    prompt_column: str = "prompt",
+    completion_column: str = "completion",
+    answer_column: Optional[str] = None,
+    conversational: bool = False,
+) -> Dataset:
+    """Convert a dataset that already has prompt / completion columns.
+
+    The prompt is kept verbatim. The completion is made to end with the fixed answer line: the gold answer comes
+    from ``answer_column`` when given (or when an ``answer`` column exists), else from the completion's own final
+    "So the answer is ..." line (``ValueError`` for a row that has neither). Chat-message lists are accepted too.
+    """
+    if answer_column is None and "answer" in ds.column_names:
+        answer_column = "answer"
+    check_columns(ds, [prompt_column, completion_column] + ([answer_column] if answer_column else []))
+
+    def convert(example: Dict[str, Any], idx: int) -> Dict[str, Any]:
+        prompt = _message_text(example[prompt_column], "user")
+        completion = _message_text(example[completion_column], "assistant")
+        if answer_column:
+            gold = example[answer_column]
+        else:
+            gold = extract_answer(completion)
+            if gold is None:
+                raise ValueError(
+                    f"Row {idx}: the completion does not end with '{ANSWER_PREFIX} <answer>.' and no answer column "
+                    "was given (pass answer_column=...)."
+                )
+        body = strip_answer_line(completion)
+        target = f"{body}\n{answer_line(gold)}" if body else answer_line(gold)
+        if conversational:
+            return {
+                "prompt": [{"role": "user", "content": prompt}],
+                "completion": [{"role": "assistant", "content": target}],
+                "answer": normalize_answer(gold),
+            }
+        sep = "" if prompt[-1:].isspace() else " "
+        return {"prompt": prompt, "completion": sep + target, "answer": normalize_answer(gold)}
+
+    return ds.map(convert, with_indices=True, remove_columns=ds.column_names)
+
+
+def from_question_rationale_answer(
+    ds: Dataset,
+    question_column: str = "question",
+    rationale_column: str = "rationale",
+    answer_column: str = "answer",
+    conversational: bool = False,
+) -> Dataset:
+    """Convert any dataset with question / rationale / gold-answer columns (names mapped by the arguments)."""
+    check_columns(ds, [question_column, rationale_column, answer_column])
+    return ds.map(
+        lambda ex: to_prompt_completion(ex[question_column], ex[rationale_column], ex[answer_column], conversational),
+        remove_columns=ds.column_names,
+    )

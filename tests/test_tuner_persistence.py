@@ -1,0 +1,214 @@
+"""Saving, loading (same and fresh process), multiple adapters, registration, LoRA export and bad input."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import batch, build_tiny
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils.peft_types import PeftType
+from safetensors.torch import load_file
+
+import slowed_peft
+from slowed_peft import SLowEDConfig
+
+
+def trained(model, r=None, seed=0, **kw):
+    cfg = SLowEDConfig(target_modules="all-linear", r=r, slow_factor=1.0, max_drift=0.2, task_type="CAUSAL_LM", **kw)
+    pm = get_peft_model(model, cfg)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in pm.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05)
+    return pm
+
+
+@pytest.mark.parametrize("r", [None, 4])
+def test_save_writes_safetensors_and_config(tiny_model, tmp_path, r):
+    model, _ = tiny_model
+    pm = trained(model, r=r)
+    out = tmp_path / "adapter"
+    pm.save_pretrained(out)
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "SLOWED" and cfg["r"] == r and cfg["slow_factor"] == 1.0
+    assert cfg["max_drift"] == 0.2 and cfg["drift_granularity"] == "matrix"
+    state = load_file(out / "adapter_model.safetensors")
+    assert state and all(".slowed_" in k for k in state)
+    assert any(k.endswith("slowed_w0_norm") for k in state)  # the bound travels with the adapter
+    loaded = SLowEDConfig.from_pretrained(str(out)).to_dict()
+    expected = pm.peft_config["default"].to_dict()
+    assert loaded.pop("inference_mode") is True  # PEFT saves adapters in inference mode
+    expected.pop("inference_mode")
+    assert loaded == expected
+
+
+def test_fresh_process_loads_with_import_and_fails_without(tiny_model, tmp_path):
+    model, base_path = tiny_model
+    pm = trained(model)
+    x = batch()
+    with torch.no_grad():
+        expected = pm(x).logits
+    out = tmp_path / "adapter"
+    pm.save_pretrained(out)
+    torch.save({"x": x, "logits": expected}, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import os, sys, torch
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        if sys.argv[1] == "with":
+            import slowed_peft
+        from peft import AutoPeftModelForCausalLM, PeftModel
+        from transformers import AutoModelForCausalLM
+        ref = torch.load({str(tmp_path / "expected.pt")!r})
+        base = AutoModelForCausalLM.from_pretrained({base_path!r})
+        a = PeftModel.from_pretrained(base, {str(out)!r})
+        b = AutoPeftModelForCausalLM.from_pretrained({str(out)!r})
+        with torch.no_grad():
+            for m in (a, b):
+                torch.testing.assert_close(m(ref["x"]).logits, ref["logits"], atol=1e-6, rtol=0)
+        print("OK")
+        """
+    )
+    ok = subprocess.run([sys.executable, "-c", script, "with"], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr[-2000:]
+    bad = subprocess.run([sys.executable, "-c", script, "without"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "KeyError: 'SLOWED'" in bad.stderr  # documented in the README
+
+
+def test_multiple_adapters_add_switch_delete_save_load(tiny_llama, tmp_path):
+    model, base_path = tiny_llama
+    x = batch()
+    pm = trained(model, seed=0)
+    pm.add_adapter("other", SLowEDConfig(target_modules=["q_proj", "v_proj"], r=2, init_weights=False))
+    pm.add_adapter("third", SLowEDConfig(target_modules="all-linear", init_weights=False))
+    with torch.no_grad():
+        out_default = pm(x).logits.clone()
+        pm.set_adapter("other")
+        out_other = pm(x).logits.clone()
+        assert (out_default - out_other).abs().max() > 1e-4
+        assert all(n.endswith(".other") for n, p in pm.named_parameters() if p.requires_grad)
+    pm.delete_adapter("third")
+    assert set(pm.peft_config) == {"default", "other"}
+    pm.save_pretrained(tmp_path / "multi")
+    assert (tmp_path / "multi" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "multi" / "other" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "multi" / "third").exists()
+
+    base = build_tiny("llama", tmp_path / "reload")  # same seed: same base weights
+    loaded = PeftModel.from_pretrained(base, tmp_path / "multi")
+    loaded.load_adapter(tmp_path / "multi" / "other", adapter_name="other")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, out_default, atol=1e-6, rtol=0)
+        loaded.set_adapter("other")
+        torch.testing.assert_close(loaded(x).logits, out_other, atol=1e-6, rtol=0)
+
+
+def test_registration_is_idempotent_and_leaves_lora_working(tiny_llama):
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+
+    n_types = len(PeftType)
+    importlib.reload(slowed_peft)
+    slowed_peft.register_slowed()
+    assert len(PeftType) == n_types
+    assert PeftType("SLOWED") is PeftType.SLOWED is PeftType["SLOWED"]
+    assert PEFT_TYPE_TO_CONFIG_MAPPING["SLOWED"] is slowed_peft.SLowEDConfig
+    assert PEFT_TYPE_TO_TUNER_MAPPING[PeftType.LORA].__name__ == "LoraModel"
+    model, _ = tiny_llama
+    lora = get_peft_model(model, LoraConfig(target_modules=["q_proj"], r=2, init_lora_weights=False))
+    x = batch()
+    with torch.no_grad():
+        assert torch.isfinite(lora(x).logits).all()
+    assert lora.peft_config["default"].peft_type == PeftType.LORA
+
+
+@pytest.mark.parametrize("r", [None, 4])
+def test_export_as_lora_is_loadable_by_peft_alone(tiny_model, tmp_path, r):
+    model, base_path = tiny_model
+    pm = trained(model, r=r)
+    x = batch()
+    with torch.no_grad():
+        expected = pm(x).logits
+    report = slowed_peft.export_as_lora(pm, tmp_path / "lora", rank=r or 1.0)
+    assert report.max_rel_error < 1e-3  # own rank (low-rank) or ~all energy (dense): exact up to SVD rounding
+    cfg = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA"
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+        base = AutoModelForCausalLM.from_pretrained({base_path!r})
+        m = PeftModel.from_pretrained(base, {str(tmp_path / "lora")!r})
+        with torch.no_grad():
+            torch.save(m(torch.load({str(tmp_path / "x.pt")!r})).logits, {str(tmp_path / "lora_logits.pt")!r})
+        """
+    )
+    torch.save(x, tmp_path / "x.pt")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "slowed_peft" not in res.stderr
+    torch.testing.assert_close(torch.load(tmp_path / "lora_logits.pt"), expected, atol=1e-3, rtol=0)
+    if r is None:  # a truncated export reports a non-zero error honestly
+        low = slowed_peft.export_as_lora(pm, tmp_path / "lora_low", rank=1)
+        assert 0.05 < low.max_rel_error < 1.0
+
+
+# --------------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"slow_factor": 0.0}, "slow_factor"),
+        ({"slow_factor": -0.1}, "slow_factor"),
+        ({"slow_factor": 1.5}, "slow_factor"),
+        ({"max_drift": 0.0}, "max_drift"),
+        ({"max_drift": -1.0}, "max_drift"),
+        ({"r": 0}, "r"),
+        ({"r": -3}, "r"),
+        ({"drift_granularity": "column"}, "drift_granularity"),
+    ],
+)
+def test_bad_config_values_name_the_field(kwargs, field):
+    value = next(iter(kwargs.values()))
+    with pytest.raises(ValueError, match=rf"`{field}`.*{field}={value!r}".replace("(", r"\(").replace(")", r"\)")):
+        SLowEDConfig(**kwargs)
+
+
+def test_unsupported_target_layer_lists_supported_types(tiny_llama):
+    model, _ = tiny_llama
+    with pytest.raises(ValueError, match=r"embed_tokens.*Embedding.*supported layer types: torch.nn.modules.linear.Linear"):
+        get_peft_model(model, SLowEDConfig(target_modules=["embed_tokens"]))
+
+
+def test_loading_onto_other_shapes_names_module_and_shapes(tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    small = build_tiny("llama", tmp_path / "small")
+    pm = trained(small)
+    pm.save_pretrained(tmp_path / "adapter")
+    wide = AutoModelForCausalLM.from_config(
+        LlamaConfig(vocab_size=96, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2)
+    )
+    with pytest.raises(ValueError, match=r"module 'model.layers.0.self_attn.q_proj' \(slowed_delta\): \(32, 32\) in the checkpoint but \(48, 48\) in the model"):
+        PeftModel.from_pretrained(wide, tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_safetensors_names_the_file(tiny_llama, tmp_path, damage):
+    model, base_path = tiny_llama
+    pm = trained(model)
+    out = tmp_path / "adapter"
+    pm.save_pretrained(out)
+    f = out / "adapter_model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x12" * 64, "empty": b""}[damage])
+    base = build_tiny("llama", tmp_path / "b2")
+    with pytest.raises(ValueError, match=r"adapter_model\.safetensors"):
+        PeftModel.from_pretrained(base, out)
