@@ -2,7 +2,11 @@
 
 ``import slowed_peft`` registers the ``SLOWED`` PEFT type, so ``get_peft_model(model, SLowEDConfig(...))``,
 ``PeftModel.from_pretrained`` and ``AutoPeftModelForCausalLM.from_pretrained`` work for SLowED adapters.
+The TRL-facing names (collator, trainer, entropy helpers) load lazily, so the import stays light for inference.
 """
+
+from importlib import import_module
+from typing import Any
 
 from ._registration import register_slowed
 from .tuner import Linear, SLowEDConfig, SLowEDLayer, SLowEDModel
@@ -13,14 +17,40 @@ __version__ = "0.1.0"
 
 PeftTypeSLOWED = register_slowed()
 
+_LAZY = {
+    "EntropyMaskingCollator": "masking",
+    "SLowEDMetricsCallback": "masking",
+    "SLowEDSFTConfig": "masking",
+    "SLowEDTrainer": "masking",
+    "add_slowed_metrics": "masking",
+    "annotate_entropy": "masking",
+    "token_entropy": "masking",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'slowed_peft' has no attribute {name!r}")
+
+
 __all__ = [
+    "EntropyMaskingCollator",
     "Linear",
     "LoraExportReport",
     "SLowEDConfig",
     "SLowEDLayer",
+    "SLowEDMetricsCallback",
     "SLowEDModel",
+    "SLowEDSFTConfig",
+    "SLowEDTrainer",
     "WeightDrift",
+    "add_slowed_metrics",
+    "annotate_entropy",
     "export_as_lora",
     "register_slowed",
+    "token_entropy",
     "weight_drift",
 ]

@@ -1,0 +1,86 @@
+"""Per-token entropy in nats: a chunked function on logits, and the model's entropies without full logits.
+
+Alignment convention used everywhere: ``entropy[t]`` is the entropy of the distribution that *predicts*
+``input_ids[t]`` (computed from the logits at position ``t - 1``); position 0 has no prediction and holds NaN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+
+# Elements per float32 working chunk (64 MiB): bounds memory whatever the batch, sequence or vocabulary size.
+DEFAULT_CHUNK_ELEMENTS = 1 << 24
+
+
+def token_entropy(logits: torch.Tensor, chunk_size: Optional[int] = None) -> torch.Tensor:
+    """Entropy (nats, float32) of ``softmax(logits)`` over the last dim, for any leading shape.
+
+    Rows are processed ``chunk_size`` at a time (default: as many as fit 2^24 float32 elements), so a float32 copy of
+    the whole ``[batch, seq, vocab]`` tensor is never built. bf16/fp16 inputs are upcast per chunk; ``-inf`` logits
+    (banned tokens) contribute 0. A row of all ``-inf`` has no distribution and gives NaN.
+    """
+    if logits.dim() == 0:
+        raise ValueError("token_entropy expects logits with a vocabulary dimension; got a scalar.")
+    vocab = logits.shape[-1]
+    flat = logits.reshape(-1, vocab)
+    rows = chunk_size or max(1, DEFAULT_CHUNK_ELEMENTS // max(vocab, 1))
+    if rows < 1:
+        raise ValueError(f"token_entropy: chunk_size must be >= 1; got chunk_size={chunk_size!r}.")
+    parts = []
+    for start in range(0, flat.shape[0], rows):
+        z = flat[start : start + rows].float()
+        log_p = torch.log_softmax(z, dim=-1)
+        p = log_p.exp()
+        parts.append(-(p * log_p.masked_fill(p == 0, 0.0)).sum(-1))
+    out = torch.cat(parts).clamp_min(0.0) + 0.0 if parts else flat.new_empty(0, dtype=torch.float32)
+    return out.view(logits.shape[:-1])
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PeftModel (the object TRL's fused head patches)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def has_fused_head(model: nn.Module) -> bool:
+    fwd = _unwrap(model).__dict__.get("forward")
+    return fwd is not None and getattr(getattr(fwd, "__func__", fwd), "__name__", "") == "_fused_forward"
+
+
+@contextlib.contextmanager
+def fused_entropy_head(model: nn.Module) -> Iterator[nn.Module]:
+    """Give ``model`` TRL's fused LM head (chunked log-prob + entropy, no full logits) for the ``with`` block.
+
+    A head already installed (e.g. by ``SFTTrainer``) is used as is and left in place; one added here is removed.
+    """
+    from trl.trainer.utils import add_fused_lm_head
+
+    inner = _unwrap(model)
+    added = not has_fused_head(model)
+    if added:
+        add_fused_lm_head(inner, outputs=("log_probs", "entropy"))
+    try:
+        yield model
+    finally:
+        if added and "forward" in inner.__dict__:
+            del inner.forward
+
+
+@torch.no_grad()
+def model_token_entropy(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``[batch, seq]`` entropies aligned to ``input_ids`` (NaN at position 0 and on padding), via the fused head."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    with fused_entropy_head(model):
+        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True,
+                    use_cache=False)
+    ent = torch.full(input_ids.shape, float("nan"), dtype=torch.float32, device=out.entropy.device)
+    ent[:, 1:] = out.entropy.float()
+    ent[:, 1:][~out.label_mask] = float("nan")
+    return ent

@@ -1,0 +1,176 @@
+"""`SLowEDTrainer`: TRL's ``SFTTrainer`` with Low-Entropy Masking (live or initial-model entropy) and drift logs."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from datasets import Dataset
+from trl import SFTTrainer
+
+from .annotate import ENTROPY_COLUMN, annotate_entropy
+from .callbacks import slowed_metrics
+from .collator import EntropyMaskingCollator, MaskingStats
+from .config import SLowEDSFTConfig
+from .selection import low_entropy_mask
+
+
+class SLowEDTrainer(SFTTrainer):
+    """``SFTTrainer`` that masks low-entropy label tokens and logs ``lem/masked_fraction`` and ``slowed/drift_*``.
+
+    * ``entropy_source="live"``: the entropy comes from the fused LM head of the very forward pass that computes
+      the loss (``FusedCausalLMOutput.entropy``), so masking costs no extra forward. The loss is the mean NLL over
+      the *kept* tokens of the whole gradient-accumulation window (and all processes): each micro-batch is first
+      normalised by the window's label count (known in advance), then the accumulated gradients are rescaled by
+      ``#labels / #kept`` just before clipping — exact, because the gradient is linear in the summed loss.
+    * ``entropy_source="initial"``: after TRL prepared the dataset (tokenized, labels built, truncated), the model
+      as it is at construction (adapters at ΔW = 0, i.e. the initial model) annotates ``token_entropy`` once
+      (cached by ``datasets``) and an :class:`EntropyMaskingCollator` masks per batch.
+
+    Everything else — PEFT wrapping from ``peft_config`` (e.g. ``SLowEDConfig``), TRL's ``entropy`` /
+    ``mean_token_accuracy`` / ``num_tokens`` metrics, saving — is ``SFTTrainer``'s.
+    """
+
+    def __init__(self, model, args: Optional[SLowEDSFTConfig] = None, *pargs, **kwargs) -> None:
+        if args is not None and not isinstance(args, SLowEDSFTConfig):
+            raise TypeError(f"SLowEDTrainer expects args of type SLowEDSFTConfig; got {type(args).__name__}.")
+        if args is None:
+            name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "model")
+            args = SLowEDSFTConfig(f"{str(name).split('/')[-1]}-SLowED")
+        self._initial_masking = args.masking_enabled and args.entropy_source == "initial"
+        if self._initial_masking and kwargs.get("data_collator") is not None:
+            raise ValueError("entropy_source='initial' installs its own EntropyMaskingCollator; drop data_collator.")
+        super().__init__(model, args, *pargs, **kwargs)
+        self._lem_stats = MaskingStats()
+        self._window = {"kept": 0, "labels": 0, "loss": 0.0}
+        if self.args.masking_enabled:
+            self._check_supported()
+        if self._initial_masking:
+            self._install_initial_masking()
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    def _check_supported(self) -> None:
+        if self.compute_loss_func is not None or self.label_smoother is not None:
+            raise ValueError("Low-Entropy Masking cannot be combined with compute_loss_func or label smoothing.")
+        if self._initial_masking and self.padding_free:
+            raise ValueError(
+                "entropy_source='initial' needs padded batches (EntropyMaskingCollator); packing / padding_free are "
+                "supported with entropy_source='live'."
+            )
+
+    def _annotate(self, dataset):
+        if dataset is None:
+            return None
+        if isinstance(dataset, dict):
+            return {k: self._annotate(v) for k, v in dataset.items()}
+        if not isinstance(dataset, Dataset):
+            raise ValueError("entropy_source='initial' needs a map-style datasets.Dataset (not an IterableDataset).")
+        return annotate_entropy(dataset, self.model, batch_size=self.args.per_device_eval_batch_size,
+                                desc="Annotating initial-model entropy")
+
+    def _install_initial_masking(self) -> None:
+        self.train_dataset = self._annotate(self.train_dataset)
+        self.eval_dataset = self._annotate(self.eval_dataset)
+        collator = EntropyMaskingCollator(
+            pad_token_id=self.data_collator.pad_token_id,
+            pad_to_multiple_of=self.args.pad_to_multiple_of,
+            threshold=self.args.entropy_threshold,
+            quantile=self.args.entropy_quantile,
+            min_kept=self.args.entropy_min_kept,
+            truncation_mode=self.args.truncation_mode,
+        )
+        self.data_collator = collator
+        self._lem_stats = collator.stats
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if self._initial_masking and ENTROPY_COLUMN not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, ENTROPY_COLUMN]
+
+    # ------------------------------------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not (self.args.masking_enabled and self.args.entropy_source == "live"):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        mode = "train" if self.model.training else "eval"
+        inputs["use_cache"] = False
+        if self.aux_loss_enabled:
+            inputs["output_router_logits"] = True
+        outputs = model(**inputs, fused_lm_head=True)
+        label_mask = outputs.label_mask
+        drop = low_entropy_mask(outputs.entropy.detach(), label_mask, self.args.entropy_threshold,
+                                self.args.entropy_quantile, self.args.entropy_min_kept)
+        keep = label_mask & ~drop
+        per_token_loss = -outputs.log_probs * keep
+        if self.args.loss_type == "dft":
+            per_token_loss = per_token_loss * outputs.log_probs.exp().detach()
+        denom = keep.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = per_token_loss.sum() / torch.as_tensor(denom).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        if self.aux_loss_enabled:
+            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+            loss = loss + self.router_aux_loss_coef * outputs.aux_loss / steps
+        if mode == "train" and num_items_in_batch is not None:
+            self._window["kept"] += int(keep.sum())
+            self._window["labels"] += int(label_mask.sum())
+            self._window["loss"] += float(loss.detach())
+        if mode == "train":
+            self._lem_stats.masked += int(drop.sum())
+            self._lem_stats.candidates += int(label_mask.sum())
+        self._log_trl_metrics(mode, inputs, outputs)
+        if return_outputs:
+            with torch.no_grad():
+                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        return (loss, outputs) if return_outputs else loss
+
+    def _log_trl_metrics(self, mode: str, inputs: dict, outputs) -> None:
+        """TRL's own per-step metrics (entropy over all label tokens, token accuracy, token count)."""
+        num_valid = self.accelerator.gather_for_metrics(outputs.label_mask.sum()).sum()
+        entropy_sum = self.accelerator.gather_for_metrics(outputs.entropy.detach().sum()).sum()
+        num_correct = self.accelerator.gather_for_metrics(outputs.is_top1.sum()).sum()
+        self._metrics[mode]["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
+        self._metrics[mode]["mean_token_accuracy"].append((num_correct / num_valid).item() if num_valid > 0 else 0.0)
+        if mode == "train":
+            if "attention_mask" in inputs:
+                n = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+            else:
+                local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+                n = self.accelerator.gather_for_metrics(local).sum().item()
+            self._total_train_tokens += n // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        if self.aux_loss_enabled:
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
+
+    # ------------------------------------------------------------------------------------------------ GA-exact rescale
+    def _rescale_to_kept_tokens(self, model) -> None:
+        """Turn the window's gradients from ``Σ kept NLL / #labels`` into ``Σ kept NLL / #kept`` (all processes)."""
+        window, self._window = self._window, {"kept": 0, "labels": 0, "loss": 0.0}
+        if window["labels"] == 0:
+            return
+        counts = torch.tensor([window["kept"], window["labels"]], dtype=torch.float64, device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        kept, labels = counts.tolist()
+        factor = labels / max(kept, 1.0)
+        if factor == 1.0:
+            return
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(factor)
+        if hasattr(self, "_tr_loss"):  # make the logged training loss the mean over kept tokens as well
+            self._tr_loss += window["loss"] * (factor - 1.0)
+
+    def _clip_grad_norm(self, model):
+        self._rescale_to_kept_tokens(model)
+        return super()._clip_grad_norm(model)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if grad_norm is None:
+            self._rescale_to_kept_tokens(model)
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
+
+    # ------------------------------------------------------------------------------------------------ logging
+    def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
+        if self.model.training and not any(k.startswith("eval_") for k in logs):
+            logs.update(slowed_metrics(self.model if self.args.log_drift else None, self._lem_stats))
+        super().log(logs, start_time)
