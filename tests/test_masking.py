@@ -145,6 +145,7 @@ def test_collator_threshold_only_masks_labelled_tokens_and_strips_helper_keys():
     assert batch["labels"].tolist() == [[-100, -100, -100, 8, -100], [5, 6, -100, -100, -100]]
     assert c.stats.masked == 3 and c.stats.candidates == 5  # position 0 never counts
     assert c.stats.pop_fraction() == pytest.approx(3 / 5) and c.stats.candidates == 0
+    assert c.stats.pop_fraction() == pytest.approx(3 / 5)  # nothing new: the last value again
 
 
 def test_collator_quantile_and_min_kept():

@@ -71,6 +71,19 @@ def test_effective_weight_is_cached_until_delta_changes():
     torch.testing.assert_close(out, reference_forward(layer, x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("optim_kwargs", [{"fused": True}, {"foreach": True}, {"foreach": False}])
+def test_cache_follows_every_optimizer_kind(optim_kwargs):
+    """Fused AdamW updates parameters without bumping version counters; the cache must still refresh."""
+    layer = make_layer("linear", "matrix", 0.05)
+    x = torch.randn(3, 24)
+    opt = torch.optim.AdamW([layer.slowed_delta["default"]], lr=0.01, **optim_kwargs)
+    for _ in range(2):
+        layer(x).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        torch.testing.assert_close(layer(x), reference_forward(layer, x), rtol=1e-5, atol=1e-6)
+
+
 def test_bf16_base_with_fp32_adapter_trains(tiny_llama):
     model, path = tiny_llama
     model = model.to(torch.bfloat16)

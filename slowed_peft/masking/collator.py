@@ -21,13 +21,15 @@ class MaskingStats:
 
     masked: int = 0
     candidates: int = 0
+    last: Optional[float] = None
 
     def pop_fraction(self) -> Optional[float]:
-        if self.candidates == 0:
-            return None
-        frac = self.masked / self.candidates
-        self.masked = self.candidates = 0
-        return frac
+        """Masked / candidate tokens since the last call (the previous value if no batch came in between, as when the
+        dataloader prefetched it); ``None`` before the first batch."""
+        if self.candidates:
+            self.last = self.masked / self.candidates
+            self.masked = self.candidates = 0
+        return self.last
 
 
 @dataclass

@@ -45,28 +45,25 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def has_fused_head(model: nn.Module) -> bool:
-    fwd = _unwrap(model).__dict__.get("forward")
-    return fwd is not None and getattr(getattr(fwd, "__func__", fwd), "__name__", "") == "_fused_forward"
-
-
 @contextlib.contextmanager
 def fused_entropy_head(model: nn.Module) -> Iterator[nn.Module]:
     """Give ``model`` TRL's fused LM head (chunked log-prob + entropy, no full logits) for the ``with`` block.
 
-    A head already installed (e.g. by ``SFTTrainer``) is used as is and left in place; one added here is removed.
+    The model's forward is restored afterwards, including a fused head ``SFTTrainer`` installed before (TRL's head
+    is patched onto the instance, so we save and put back whatever instance-level ``forward`` was there).
     """
     from trl.trainer.utils import add_fused_lm_head
 
     inner = _unwrap(model)
-    added = not has_fused_head(model)
-    if added:
-        add_fused_lm_head(inner, outputs=("log_probs", "entropy"))
+    previous = inner.__dict__.get("forward")
+    add_fused_lm_head(inner, outputs=("log_probs", "entropy"))
     try:
         yield model
     finally:
-        if added and "forward" in inner.__dict__:
-            del inner.forward
+        if previous is None:
+            inner.__dict__.pop("forward", None)
+        else:
+            inner.forward = previous
 
 
 @torch.no_grad()

@@ -11,11 +11,29 @@ import torch.nn.functional as F
 from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers.pytorch_utils import Conv1D
 
 from .functional import DenseDeltaLinear, dense_scales, low_rank_sq_norm, sq_norm, trust_region_scale
 
 SUPPORTED_LAYER_TYPES = (nn.Linear, Conv1D)
+
+
+class _OptimizerSteps:
+    """Counts ``optimizer.step()`` calls of every torch optimizer in the process.
+
+    The cached effective weight is keyed on it as well as on tensor version counters, because fused optimizers
+    (``AdamW(fused=True)``, transformers' default ``adamw_torch_fused``) update parameters without bumping them.
+    """
+
+    count = 0
+
+    @classmethod
+    def hook(cls, optimizer, args, kwargs) -> None:
+        cls.count += 1
+
+
+register_optimizer_step_post_hook(_OptimizerSteps.hook)
 
 
 class SLowEDLayer(BaseTunerLayer):
@@ -268,6 +286,7 @@ class Linear(nn.Module, SLowEDLayer):
         w0 = self.get_base_layer().weight
         deltas = [self.slowed_delta[a] for a in dense]
         key = (
+            _OptimizerSteps.count,
             tuple(dense),
             w0.data_ptr(),
             w0._version,

@@ -1,0 +1,196 @@
+"""Low-Entropy Masking inside TRL: the collator path in plain SFTTrainer and SLowEDTrainer's live/initial paths."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import build_char_tokenizer, build_tiny
+from datasets import Dataset
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+import slowed_peft
+from slowed_peft import (
+    EntropyMaskingCollator,
+    SLowEDConfig,
+    SLowEDSFTConfig,
+    SLowEDTrainer,
+    add_slowed_metrics,
+    annotate_entropy,
+)
+
+COMMON = dict(use_cpu=True, bf16=False, report_to="none", logging_steps=1, save_strategy="no", max_length=64,
+              learning_rate=5e-3, seed=0, dataloader_num_workers=0, disable_tqdm=True)
+
+
+def cot_rows(n: int = 8) -> list[dict]:
+    return [{"prompt": f"Q{i}: {i}+{i + 1}=?", "completion": f" {i}+{i + 1} is {2 * i + 1}. So {2 * i + 1}."}
+            for i in range(n)]
+
+
+@pytest.fixture
+def setup(tmp_path):
+    model_dir = tmp_path / "tiny"
+    build_tiny("llama", model_dir)
+    tok = build_char_tokenizer(model_dir)
+    return str(model_dir), tok
+
+
+def peft_cfg(**kw):
+    return SLowEDConfig(target_modules="all-linear", slow_factor=1.0, max_drift=0.05, task_type="CAUSAL_LM", **kw)
+
+
+def logged(trainer, key):
+    return [h[key] for h in trainer.state.log_history if key in h and "train_runtime" not in h]
+
+
+def assert_reload_matches(trainer, model_dir, out_dir):
+    trainer.save_model(out_dir)
+    model = trainer.model.eval()
+    x = torch.randint(3, 90, (2, 12))
+    with torch.no_grad():
+        expected = model(input_ids=x).logits
+        reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), out_dir)
+        torch.testing.assert_close(reloaded(input_ids=x).logits, expected, atol=1e-6, rtol=0)
+
+
+def test_collator_path_in_plain_sfttrainer(setup, tmp_path):
+    model_dir, tok = setup
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    ds = annotate_entropy(Dataset.from_list(cot_rows()), model, tokenizer=tok, batch_size=4)
+    collator = EntropyMaskingCollator(pad_token_id=tok.pad_token_id, quantile=0.3)
+    args = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4,
+                     remove_unused_columns=False, **COMMON)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, data_collator=collator,
+                         peft_config=peft_cfg())
+    add_slowed_metrics(trainer, collator)
+    trainer.train()
+    fractions = logged(trainer, "lem/masked_fraction")
+    assert len(fractions) == 3 and all(0.2 < f < 0.4 for f in fractions)
+    drift = logged(trainer, "slowed/drift_max")
+    assert len(drift) == 3 and 0 < drift[-1] <= 0.05 * (1 + 1e-6)
+    assert logged(trainer, "mean_token_accuracy") and logged(trainer, "entropy")
+    assert_reload_matches(trainer, model_dir, str(tmp_path / "adapter"))
+
+
+class CountForwards(TrainerCallback):
+    """Counts backbone forwards and records the gradients the optimizer is about to use."""
+
+    def __init__(self, backbone):
+        self.forwards = 0
+        self.grads = []
+        backbone.register_forward_pre_hook(self._count)
+
+    def _count(self, *args):
+        self.forwards += 1
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+
+def live_trainer(model_dir, tok, out, bs, ga, steps, **masking):
+    args = SLowEDSFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=bs,
+                           gradient_accumulation_steps=ga, gradient_checkpointing=False, **COMMON, **masking)
+    trainer = SLowEDTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(cot_rows(4)),
+                            processing_class=tok, peft_config=peft_cfg())
+    counter = CountForwards(trainer.model.get_base_model().model)
+    trainer.add_callback(counter)
+    return trainer, counter
+
+
+def test_live_path_masks_without_extra_forward_and_keeps_trl_metrics(setup, tmp_path):
+    model_dir, tok = setup
+    trainer, counter = live_trainer(model_dir, tok, str(tmp_path / "out"), bs=2, ga=2, steps=3, entropy_quantile=0.3)
+    trainer.train()
+    assert counter.forwards == 3 * 2  # one forward per micro-batch: masking uses the same pass's entropy
+    fractions = logged(trainer, "lem/masked_fraction")
+    assert len(fractions) == 3 and all(0.2 < f < 0.4 for f in fractions)
+    for key in ("entropy", "mean_token_accuracy", "num_tokens", "slowed/drift_max", "slowed/drift_mean", "loss"):
+        assert logged(trainer, key), key
+    assert all(math.isfinite(v) for v in logged(trainer, "loss"))
+    assert_reload_matches(trainer, model_dir, str(tmp_path / "adapter"))
+
+
+def test_live_path_loss_is_exact_under_gradient_accumulation(setup, tmp_path):
+    model_dir, tok = setup
+    probe = annotate_entropy(Dataset.from_list(cot_rows(4)), AutoModelForCausalLM.from_pretrained(model_dir),
+                             tokenizer=tok)
+    values = sorted(v for row in probe["token_entropy"] for v in row[1:])
+    threshold = values[len(values) // 3]  # masks about a third at step 1
+    runs = {}
+    for name, bs, ga in (("bs4", 4, 1), ("bs2xga2", 2, 2)):
+        trainer, counter = live_trainer(model_dir, tok, str(tmp_path / name), bs=bs, ga=ga, steps=1,
+                                        entropy_threshold=threshold)
+        trainer.train()
+        runs[name] = (logged(trainer, "loss")[0], counter.grads[0], logged(trainer, "lem/masked_fraction")[0])
+        prepared = trainer.train_dataset
+    (loss_a, grads_a, frac_a), (loss_b, grads_b, frac_b) = runs["bs4"], runs["bs2xga2"]
+    assert 0.1 < frac_a < 0.6 and frac_a == pytest.approx(frac_b, abs=1e-9)
+    assert loss_a == pytest.approx(loss_b, abs=1e-5)
+    # and the loss is the mean NLL over the *kept* label tokens (masked tokens leave the denominator)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    nll, kept = 0.0, 0
+    for row in prepared:
+        ids = torch.tensor([row["input_ids"]])
+        with torch.no_grad():
+            logp = base(ids).logits[0, :-1].log_softmax(-1)
+        ent = -(logp.exp() * logp).sum(-1)
+        for t in range(1, ids.shape[1]):
+            if row["labels"][t] != -100 and ent[t - 1] >= threshold:
+                nll -= float(logp[t - 1, ids[0, t]])
+                kept += 1
+    assert loss_a == pytest.approx(nll / kept, abs=1e-4)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for n in grads_a:
+        torch.testing.assert_close(grads_a[n], grads_b[n], atol=1e-5, rtol=1e-4)
+
+
+def test_initial_entropy_source_annotates_prepared_dataset(setup, tmp_path):
+    model_dir, tok = setup
+    args = SLowEDSFTConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4,
+                           entropy_source="initial", entropy_quantile=0.5, **COMMON)
+    trainer = SLowEDTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(cot_rows()),
+                            processing_class=tok, peft_config=peft_cfg())
+    assert isinstance(trainer.data_collator, EntropyMaskingCollator)
+    row = trainer.train_dataset[0]
+    assert len(row["token_entropy"]) == len(row["input_ids"]) and "labels" in row
+    trainer.train()
+    fractions = logged(trainer, "lem/masked_fraction")
+    assert len(fractions) == 2 and all(0.35 < f < 0.65 for f in fractions)
+    assert logged(trainer, "slowed/drift_max")
+
+
+def test_no_masking_is_plain_sft_with_drift_logs(setup, tmp_path):
+    model_dir, tok = setup
+    args = SLowEDSFTConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4, **COMMON)
+    trainer = SLowEDTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(cot_rows(4)),
+                            processing_class=tok, peft_config=peft_cfg())
+    trainer.train()
+    assert not logged(trainer, "lem/masked_fraction") and logged(trainer, "slowed/drift_max")
+    assert slowed_peft.weight_drift(trainer.model).max > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"entropy_threshold": -1.0}, "threshold=-1.0"),
+        ({"entropy_quantile": 1.5}, "quantile=1.5"),
+        ({"entropy_threshold": 0.5, "entropy_quantile": 0.5}, "exactly one"),
+        ({"entropy_source": "teacher", "entropy_threshold": 0.5}, "entropy_source"),
+    ],
+)
+def test_config_bad_values(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SLowEDSFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, **kwargs)
+
+
+def test_initial_source_rejects_packing(setup, tmp_path):
+    model_dir, tok = setup
+    args = SLowEDSFTConfig(output_dir=str(tmp_path / "out"), max_steps=1, entropy_source="initial",
+                           entropy_threshold=0.5, packing=True, **COMMON)
+    with pytest.raises(ValueError, match="packing / padding_free"):
+        SLowEDTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(cot_rows(4)),
+                      processing_class=tok, peft_config=peft_cfg())
