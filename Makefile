@@ -10,7 +10,7 @@ setup:
 	VENV=$(VENV) bash scripts/setup.sh
 
 demo: setup
-	$(PY) recipes/quick_demo.py --output_dir outputs/quick_demo
+	$(PY) -m slowed_peft.scripts.demo --output_dir outputs/demo
 
 test: setup
 	$(PY) -m pytest -q

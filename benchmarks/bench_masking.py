@@ -24,7 +24,7 @@ from datasets import Dataset  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import alternate, machine, median, peak_rss_mb, tiny_tokenizer, write_json  # noqa: E402
+from _common import RssSampler, alternate, machine, median, tiny_tokenizer, write_json  # noqa: E402
 
 
 def smollm2_config(layers: int) -> LlamaConfig:
@@ -117,14 +117,16 @@ def memory_child(mode: str, layers: int, batch: int, seq: int) -> None:
     torch.manual_seed(0)
     model = LlamaForCausalLM(smollm2_config(layers)).eval()
     data = Dataset.from_list(rows(batch, seq, model.config.vocab_size))
-    before = peak_rss_mb()
-    if mode == "materialised":
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor(data["input_ids"])).logits
-            token_entropy(logits)
-    else:
-        annotate_entropy(data, model, batch_size=batch)
-    print(json.dumps({"mode": mode, "peak_increase_mib": peak_rss_mb() - before}))
+    ids = torch.tensor(data["input_ids"])
+    with torch.no_grad():
+        model.model(input_ids=ids[:1, :8])  # warm up allocator and kernels outside the measurement
+    with RssSampler() as mem:
+        if mode == "materialised":
+            with torch.no_grad():
+                token_entropy(model(input_ids=ids).logits)
+        else:
+            annotate_entropy(data, model, batch_size=batch)
+    print(json.dumps({"mode": mode, "peak_increase_mib": mem.peak}))
 
 
 def bench_memory(args) -> dict:
@@ -140,7 +142,7 @@ def bench_memory(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--layers", type=int, default=30, help="30 = SmolLM2-135M's depth")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--mem-seq", type=int, default=1024)

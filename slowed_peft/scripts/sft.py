@@ -1,0 +1,94 @@
+"""SLowED distillation with TRL: ``slowed-sft`` / ``python recipes/slowed_sft.py`` (see that file for examples).
+
+Parses ``SLowEDScriptArguments``, ``SLowEDSFTConfig``, ``ModelConfig`` and ``SLowEDArguments`` with TRL's
+``TrlParser`` (``--config recipe.yaml`` plus CLI overrides), loads the CoT data and the student, trains the chosen arm
+with ``SLowEDTrainer``, saves the adapter, the log history and a loss/drift plot, and optionally pushes to the Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Sequence
+
+from transformers.utils import logging
+from trl import ModelConfig, TrlParser
+
+from ..data import load_cot_dataset
+from ..masking.config import SLowEDSFTConfig
+from ..masking.trainer import SLowEDTrainer
+from .arguments import SLowEDArguments, SLowEDScriptArguments, apply_arm_to_training_args, peft_config_for_arm
+
+logger = logging.get_logger(__name__)
+
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "auto": "auto", None: "float32"}
+
+
+def make_parser(subparsers=None) -> TrlParser:
+    dataclass_types = (SLowEDScriptArguments, SLowEDSFTConfig, ModelConfig, SLowEDArguments)
+    if subparsers is not None:
+        return subparsers.add_parser("sft", help="SLowED distillation", dataclass_types=dataclass_types)
+    return TrlParser(dataclass_types)
+
+
+def load_datasets(script_args: SLowEDScriptArguments, training_args: SLowEDSFTConfig):
+    """Train (and, when evaluation is on, test) split of the CoT source as TRL prompt-completion data."""
+    common = dict(path=script_args.dataset_path, conversational=script_args.conversational)
+    train = load_cot_dataset(script_args.dataset_name, split=script_args.dataset_train_split,
+                             limit=script_args.dataset_limit, **common)
+    evaluation = None
+    if training_args.eval_strategy != "no":
+        evaluation = load_cot_dataset(script_args.dataset_name, split=script_args.dataset_test_split,
+                                      limit=script_args.eval_limit, **common)
+    return train, evaluation
+
+
+def main(
+    script_args: SLowEDScriptArguments,
+    training_args: SLowEDSFTConfig,
+    model_args: ModelConfig,
+    slowed_args: SLowEDArguments,
+) -> SLowEDTrainer:
+    """Train one arm and save it; returns the trainer (its ``state.log_history`` holds loss, drift, masked fraction)."""
+    from ..hub import push_adapter
+    from ..models import load_model
+    from ..eval.plots import plot_training
+
+    apply_arm_to_training_args(slowed_args, training_args)
+    push, hub_id = training_args.push_to_hub, training_args.hub_model_id
+    training_args.push_to_hub = False  # pushed once at the end with our model card (TRL's card drops library_name)
+    model, tokenizer = load_model(model_args.model_name_or_path, dtype=DTYPES.get(model_args.dtype, model_args.dtype))
+    train, evaluation = load_datasets(script_args, training_args)
+    trainer = SLowEDTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=peft_config_for_arm(slowed_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    history = trainer.state.log_history
+    with open(os.path.join(training_args.output_dir, "log_history.json"), "w") as f:
+        json.dump({"arm": slowed_args.arm, "log_history": history}, f, indent=2)
+    if trainer.is_world_process_zero():
+        plot_training(history, os.path.join(training_args.output_dir, "training_curves.png"),
+                      title=f"{slowed_args.arm}: {model_args.model_name_or_path}")
+    if push:
+        if not hub_id:
+            raise ValueError("--push_to_hub needs --hub_model_id (the repo to push the adapter to).")
+        push_adapter(trainer.model, hub_id, base_model_id=model_args.model_name_or_path)
+    return trainer
+
+
+def run(argv: Optional[Sequence[str]] = None) -> SLowEDTrainer:
+    parser = make_parser()
+    script_args, training_args, model_args, slowed_args, _ = parser.parse_args_and_config(
+        args=argv, return_remaining_strings=True
+    )
+    return main(script_args, training_args, model_args, slowed_args)
+
+
+if __name__ == "__main__":
+    run()
