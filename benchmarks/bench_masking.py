@@ -42,8 +42,9 @@ def rows(n: int, seq: int, vocab: int, seed: int = 0) -> list[dict]:
 
 
 def bench_steps(args) -> dict:
-    from slowed_peft import EntropyMaskingCollator, SLowEDConfig, SLowEDSFTConfig, SLowEDTrainer, annotate_entropy
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from slowed_peft import EntropyMaskingCollator, SLowEDConfig, SLowEDSFTConfig, SLowEDTrainer, annotate_entropy
 
     torch.manual_seed(0)
     base = LlamaForCausalLM(smollm2_config(args.layers))

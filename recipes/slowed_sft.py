@@ -32,7 +32,7 @@ done
 """
 
 import slowed_peft  # noqa: F401  (registers the SLOWED PEFT type)
-from slowed_peft.scripts.sft import make_parser, main
+from slowed_peft.scripts.sft import main, make_parser
 
 if __name__ == "__main__":
     parser = make_parser()

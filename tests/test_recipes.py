@@ -54,8 +54,8 @@ def test_shipped_configs_parse(config):
 def test_arms_set_adapter_and_masking(arm, slow, masks):
     cfg = peft_config_for_arm(SLowEDArguments(arm=arm, slow_factor=0.2, max_drift=0.03))
     assert (cfg.slow_factor, cfg.max_drift) == ((0.2, 0.03) if slow else (1.0, None))
-    from slowed_peft.scripts.arguments import apply_arm_to_training_args
     from slowed_peft import SLowEDSFTConfig
+    from slowed_peft.scripts.arguments import apply_arm_to_training_args
 
     targs = apply_arm_to_training_args(SLowEDArguments(arm=arm), SLowEDSFTConfig("x", use_cpu=True, bf16=False,
                                                                                  entropy_quantile=0.3))

@@ -66,7 +66,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipe YAML for the training step")
     ap.add_argument("--output_dir", default="outputs/demo")
-    ap.add_argument("--eval_limit", type=int, default=32, help="demo test problems / prompts per set")
+    ap.add_argument("--eval_limit", type=int, default=16, help="demo test problems / prompts per set")
+    ap.add_argument("--max_new_tokens", type=int, default=128, help="generation budget for the demo problems")
     ap.add_argument("--max_steps", type=int, default=None, help="override the recipe's max_steps")
     args, extra = ap.parse_known_args(argv)
     started = time.time()
@@ -83,13 +84,16 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
         args=train_argv, return_remaining_strings=True
     )
     eval_args = EvalArguments(model_name_or_path=model_args.model_name_or_path, tasks=["demo"],
-                              safety_sets=["probes", "benign"], limit=args.eval_limit, batch_size=8)
+                              safety_sets=["probes", "benign"], limit=args.eval_limit, batch_size=8,
+                              max_new_tokens=args.max_new_tokens)
 
     from ..models import load_model
 
     print(f"[1/3] evaluating the base model {model_args.model_name_or_path} ...")
     base, tokenizer = load_model(model_args.model_name_or_path)
-    before = evaluate_model(base.eval(), tokenizer, eval_args, name=model_args.model_name_or_path)
+    base_responses: dict[str, list[str]] = {}
+    before = evaluate_model(base.eval(), tokenizer, eval_args, name=model_args.model_name_or_path,
+                            responses_out=base_responses)
     before.save(str(out / "eval_before.json"))
     del base
 
@@ -99,7 +103,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
 
     print("[3/3] evaluating the distilled model ...")
     eval_args.adapter = str(adapter_dir)
-    after = evaluate_model(trainer.model.eval(), tokenizer, eval_args, name=model_args.model_name_or_path)
+    after = evaluate_model(trainer.model.eval(), tokenizer, eval_args, name=model_args.model_name_or_path,
+                           initial_responses=base_responses)  # the base model's responses: no regeneration
     after.save(str(out / "eval_after.json"))
 
     rows = summary_rows(before, after, history)

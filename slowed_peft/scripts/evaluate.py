@@ -15,7 +15,15 @@ from transformers.utils import logging
 from trl import TrlParser
 
 from ..data import demo_cot_dataset
-from ..eval import BENIGN_PROMPTS, HARMFUL_PROBES, EvalReport, evaluate_reasoning, evaluate_safety, load_advbench
+from ..eval import (
+    BENIGN_PROMPTS,
+    HARMFUL_PROBES,
+    EvalReport,
+    evaluate_reasoning,
+    harmful_kl,
+    load_advbench,
+    refusal_ratio,
+)
 from ..eval.answers import parse_number
 
 logger = logging.get_logger(__name__)
@@ -70,11 +78,45 @@ def safety_prompt_sets(names: Sequence[str], limit: Optional[int], advbench_path
     return sets
 
 
-def evaluate_model(model, tokenizer, args: EvalArguments, name: Optional[str] = None) -> EvalReport:
+def evaluate_safety_sets(
+    model,
+    tokenizer,
+    sets: dict[str, list[str]],
+    args: EvalArguments,
+    initial_responses: Optional[dict[str, list[str]]] = None,
+    responses_out: Optional[dict[str, list[str]]] = None,
+) -> dict[str, dict]:
+    """Refusal ratio on every set; ``harmful_kl`` on the harmful ones when the model carries an adapter.
+
+    ``initial_responses`` (the base model's responses, e.g. from an earlier evaluation of it) skip regenerating them
+    for the KL; ``benign`` only measures false refusals.
+    """
+    from peft import PeftModel
+
+    common = dict(max_new_tokens=args.safety_max_new_tokens, batch_size=args.batch_size)
+    results = {}
+    for name, prompts in sets.items():
+        rr = refusal_ratio(model, tokenizer, prompts, **common)
+        if responses_out is not None:
+            responses_out[name] = rr["responses"]
+        kl = None
+        if name != "benign" and isinstance(model, PeftModel):
+            kl = harmful_kl(model, tokenizer, prompts, responses=(initial_responses or {}).get(name), **common)
+        results[name] = {"refusal_ratio": rr["refusal_ratio"], "harmful_kl": kl, "n": rr["n"]}
+    return results
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    args: EvalArguments,
+    name: Optional[str] = None,
+    initial_responses: Optional[dict[str, list[str]]] = None,
+    responses_out: Optional[dict[str, list[str]]] = None,
+) -> EvalReport:
     """Run the safety and reasoning evaluations of ``args`` on a loaded model (a PeftModel gets ``harmful_kl``)."""
     sets = safety_prompt_sets(args.safety_sets, args.limit, args.advbench_path)
-    safety = evaluate_safety(model, tokenizer, sets=sets, max_new_tokens=args.safety_max_new_tokens,
-                             batch_size=args.batch_size) if sets else {}
+    safety = evaluate_safety_sets(model, tokenizer, sets, args, initial_responses, responses_out)
     file_tasks = [t for t in args.tasks if t != "demo"]
     examples = {"demo": demo_examples(args.limit)} if "demo" in args.tasks else None
     reasoning = evaluate_reasoning(model, tokenizer, tasks=file_tasks, limit=args.limit, data_dir=args.data_dir,

@@ -50,9 +50,9 @@ def main(
     slowed_args: SLowEDArguments,
 ) -> SLowEDTrainer:
     """Train one arm and save it; returns the trainer (its ``state.log_history`` holds loss, drift, masked fraction)."""
+    from ..eval.plots import plot_training
     from ..hub import push_adapter
     from ..models import load_model
-    from ..eval.plots import plot_training
 
     apply_arm_to_training_args(slowed_args, training_args)
     push, hub_id = training_args.push_to_hub, training_args.hub_model_id
