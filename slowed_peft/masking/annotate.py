@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from typing import Any, Optional
 
 import torch
@@ -119,9 +120,16 @@ def annotate_entropy(
         dataset = dataset.map(tokenize_like_trl, fn_kwargs={"tokenizer": tokenizer}, desc="Tokenizing")
     pad_id = getattr(tokenizer, "pad_token_id", None) or getattr(getattr(model, "config", None), "pad_token_id", 0) or 0
 
+    cached = bool(dataset.cache_files) or cache_dir is not None
+    # Hashing every weight costs about a second per GB; it is only worth it when the result can come from a cache.
+    model_key = weights_fingerprint(model) if cached else uuid.uuid4().hex
     fingerprint = hashlib.blake2b(
-        f"{dataset._fingerprint}|{weights_fingerprint(model)}|{column}|{_FORMAT_VERSION}".encode(), digest_size=16
+        f"{dataset._fingerprint}|{model_key}|{column}|{_FORMAT_VERSION}".encode(), digest_size=16
     ).hexdigest()
+    kwargs: dict[str, Any] = {}
+    if not dataset.cache_files and cache_dir is not None:  # in-memory data: cache in cache_dir
+        os.makedirs(cache_dir, exist_ok=True)
+        kwargs["cache_file_name"] = os.path.join(cache_dir, f"entropy-{fingerprint}.arrow")
     device = next(model.parameters()).device
     was_training = model.training
 
@@ -134,10 +142,6 @@ def annotate_entropy(
         return {column: [ent[i, : len(r)].tolist() for i, r in enumerate(rows)]}
 
     features = Features({**dataset.features, column: Sequence(Value("float32"))})
-    kwargs: dict[str, Any] = {}
-    if not dataset.cache_files and cache_dir is not None:
-        os.makedirs(cache_dir, exist_ok=True)
-        kwargs["cache_file_name"] = os.path.join(cache_dir, f"entropy-{fingerprint}.arrow")
     model.eval()
     try:
         return dataset.map(

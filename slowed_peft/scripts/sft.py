@@ -52,7 +52,7 @@ def main(
     """Train one arm and save it; returns the trainer (its ``state.log_history`` holds loss, drift, masked fraction)."""
     from ..eval.plots import plot_training
     from ..hub import push_adapter
-    from ..models import load_model
+    from ..models import hub_id_for, load_model
 
     apply_arm_to_training_args(slowed_args, training_args)
     push, hub_id = training_args.push_to_hub, training_args.hub_model_id
@@ -78,7 +78,7 @@ def main(
     if push:
         if not hub_id:
             raise ValueError("--push_to_hub needs --hub_model_id (the repo to push the adapter to).")
-        push_adapter(trainer.model, hub_id, base_model_id=model_args.model_name_or_path)
+        push_adapter(trainer.model, hub_id, base_model_id=hub_id_for(model_args.model_name_or_path))
     return trainer
 
 
