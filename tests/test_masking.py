@@ -121,15 +121,46 @@ def test_annotate_reuses_the_datasets_cache(tmp_path):
 
 def test_annotate_large_vocabulary_without_full_logits():
     """150k vocabulary: TRL's tiled kernel gives the same entropies as full logits would."""
-    vocab, seq = 151_936, 256
+    vocab, seq = 151_936, 2048
     model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=1))
     ids = torch.randint(0, vocab, (1, seq))
-    ds = annotate_entropy(Dataset.from_list([{"input_ids": ids[0].tolist()}]), model)
+    data = Dataset.from_list([{"input_ids": ids[0].tolist()}])
+    peak = peak_rss_increase_mib(lambda: annotate_entropy(data, model))
+    full_logits_mib = seq * vocab * 4 / 2**20  # 1187 MiB in float32
+    assert peak < 0.4 * full_logits_mib, peak
+    ds = annotate_entropy(data, model)
     with torch.no_grad():
         hidden = model.model(ids).last_hidden_state[0, :16]
         ref = token_entropy(model.lm_head(hidden))
     torch.testing.assert_close(torch.tensor(ds[0]["token_entropy"][1:17]), ref, atol=1e-4, rtol=0)
+
+
+def peak_rss_increase_mib(fn) -> float:
+    """Peak resident-memory increase while ``fn`` runs, sampled from /proc every 2 ms."""
+    import os
+    import threading
+    import time
+
+    def rss() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    base, peak, done = rss(), [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss() - base)
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
+    return peak[0]
 
 
 # ------------------------------------------------------------------------------------------------ collator
