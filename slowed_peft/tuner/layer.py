@@ -14,7 +14,13 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers.pytorch_utils import Conv1D
 
-from .functional import DenseDeltaLinear, dense_scales, low_rank_sq_norm, sq_norm, trust_region_scale
+from .functional import (
+    DenseDeltaLinear,
+    LowRankTrustRegionScale,
+    dense_scales,
+    sq_norm,
+    trust_region_scale,
+)
 
 SUPPORTED_LAYER_TYPES = (nn.Linear, Conv1D)
 
@@ -150,8 +156,7 @@ class SLowEDLayer(BaseTunerLayer):
         w0n = self._w0_norm(adapter_name, b.device)
         if per_row:
             w0n = w0n.reshape(-1, 1)
-        c = trust_region_scale(low_rank_sq_norm(a, b, per_row), w0n, gamma, rho)
-        return a, b * c.to(b.dtype)
+        return a, LowRankTrustRegionScale.apply(b, a, w0n, gamma, rho, per_row)
 
     def _dense_delta(self, adapter_name: str) -> torch.Tensor:
         """Differentiable ``c(D)·D`` in the base weight's layout."""
