@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .layer import SLowEDLayer
+from .layer import SLowEDLayer, full_tensor
 
 
 class WeightDrift(dict):
@@ -52,7 +52,7 @@ def weight_drift(model: nn.Module, adapter_name: Optional[str] = None) -> Weight
                 delta = d if delta is None else delta + d
         if delta is None:
             continue
-        w = module.get_base_layer().weight.float()
+        w = full_tensor(module.get_base_layer().weight).float()
         if module.merged:  # the base weight currently holds W0 + ΔW
             w = w - delta
         row_dim = 0 if module.is_conv1d else 1

@@ -25,6 +25,11 @@ from .functional import (
 SUPPORTED_LAYER_TYPES = (nn.Linear, Conv1D)
 
 
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a sharded DTensor (FSDP2 outside forward); other tensors as they are."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 class _OptimizerSteps:
     """Counts ``optimizer.step()`` calls of every torch optimizer in the process.
 
@@ -146,9 +151,13 @@ class SLowEDLayer(BaseTunerLayer):
     def _w0_norm(self, adapter_name: str, device: torch.device) -> torch.Tensor:
         return self.slowed_w0_norm[adapter_name].to(device)
 
-    def _low_rank_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A, c·B)``: the trust-region scale folded into ``B`` (cheaper than scaling activations)."""
+    def _low_rank_factors(self, adapter_name: str, gather: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, c·B)``: the trust-region scale folded into ``B`` (cheaper than scaling activations).
+
+        ``gather`` assembles sharded (FSDP2 DTensor) factors first, for use outside the forward pass."""
         a, b = self.slowed_A[adapter_name], self.slowed_B[adapter_name]
+        if gather:
+            a, b = full_tensor(a), full_tensor(b)
         gamma, rho = self.slow_factor[adapter_name], self.max_drift[adapter_name]
         if rho is None:
             return a, b * gamma
@@ -158,9 +167,9 @@ class SLowEDLayer(BaseTunerLayer):
             w0n = w0n.reshape(-1, 1)
         return a, LowRankTrustRegionScale.apply(b, a, w0n, gamma, rho, per_row)
 
-    def _dense_delta(self, adapter_name: str) -> torch.Tensor:
-        """Differentiable ``c(D)·D`` in the base weight's layout."""
-        d = self.slowed_delta[adapter_name]
+    def _dense_delta(self, adapter_name: str, gather: bool = False) -> torch.Tensor:
+        """Differentiable ``c(D)·D`` in the base weight's layout (``gather``: assemble a sharded ``D`` first)."""
+        d = full_tensor(self.slowed_delta[adapter_name]) if gather else self.slowed_delta[adapter_name]
         gamma, rho = self.slow_factor[adapter_name], self.max_drift[adapter_name]
         if rho is None:
             return d * gamma
@@ -169,11 +178,13 @@ class SLowEDLayer(BaseTunerLayer):
         return d * c.to(d.dtype)
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
-        """``ΔW = W − W0`` of one adapter, trust region applied, in the base weight's layout and float32."""
+        """``ΔW = W − W0`` of one adapter, trust region applied, in the base weight's layout and float32.
+
+        Sharded (FSDP2) adapter weights are gathered first, so the norms of the trust region are global."""
         if adapter_name in self.slowed_delta:
-            return self._dense_delta(adapter_name)
+            return self._dense_delta(adapter_name, gather=True)
         if adapter_name in self.slowed_A:
-            a, b = self._low_rank_factors(adapter_name)
+            a, b = self._low_rank_factors(adapter_name, gather=True)
             delta = b @ a
             return delta.T if self.is_conv1d else delta
         raise ValueError(f"Adapter {adapter_name!r} not found on this layer; it has {self._adapter_names()}.")
