@@ -65,3 +65,50 @@ def plot_before_after(metrics: Mapping[str, tuple[float, float]], path: str, tit
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_over_steps(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[tuple[str, str]], path: str,
+                    title: str = "") -> Optional[str]:
+    """One panel per ``(record key, label)``, one line per run ``{name: checkpoint records}``; returns ``path``."""
+    plt = _pyplot()
+    keys = [(k, label) for k, label in keys if any(k in r for recs in runs.values() for r in recs)]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], keys):
+        for name, records in runs.items():
+            points = [(r["step"], float(r[key])) for r in records if key in r and r[key] is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=3, label=name)
+        ax.set_xlabel("training step")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_tradeoff(points: Mapping[str, tuple[float, float]], path: str, xlabel: str, ylabel: str,
+                  title: str = "", reference: Optional[tuple[float, float]] = None) -> str:
+    """Scatter of named ``(x, y)`` points (e.g. reasoning vs safety) with an optional starting-point marker."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    for name, (x, y) in points.items():
+        ax.scatter([x], [y], s=36)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if reference is not None:
+        ax.scatter([reference[0]], [reference[1]], marker="*", s=140, color="black")
+        ax.annotate("initial (aligned)", reference, textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,144 @@
+"""Both sides of the trade-off at training checkpoints: a ``TrainerCallback`` that evaluates during training.
+
+At step 0 and every ``eval_steps`` steps (and at the last step) :class:`CheckpointEvaluator` records, on a PeftModel:
+refusal ratio on held-out harmful prompts, ``harmful_kl`` against the initial model (its step-0 responses are reused,
+so the KL never regenerates them), false refusals on benign prompts, greedy-decoding accuracy on reasoning examples,
+teacher-forced NLL of held-out teacher rationales (a low-noise measure of how much of the teacher was learned, and the
+same for every arm — no entropy masking), and the weight drift ``max ‖W − W0‖/‖W0‖``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from transformers import TrainerCallback
+
+from .generation import eval_mode, model_device, pad_token_id
+from .reasoning import evaluate_reasoning
+from .safety import harmful_kl, refusal_ratio
+
+__all__ = ["CheckpointEvalCallback", "CheckpointEvaluator", "completion_nll"]
+
+
+@torch.no_grad()
+def completion_nll(model, tokenizer, rows: Sequence[Mapping[str, Any]], batch_size: int = 8) -> float:
+    """Mean per-token NLL of the completions of prompt-completion ``rows`` (tokenized exactly as TRL does)."""
+    from ..masking.annotate import tokenize_like_trl
+
+    encoded = [tokenize_like_trl(dict(r), tokenizer) for r in rows]
+    encoded = [e for e in encoded if sum(e.get("completion_mask", [])) > 0]
+    if not encoded:
+        raise ValueError("completion_nll: no row has completion tokens to score.")
+    pad, device = pad_token_id(tokenizer), model_device(model)
+    total, count = 0.0, 0
+    with eval_mode(model):
+        for start in range(0, len(encoded), batch_size):
+            batch = encoded[start : start + batch_size]
+            width = max(len(e["input_ids"]) for e in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attn = torch.zeros_like(ids)
+            labels = torch.full_like(ids, -100)
+            for i, e in enumerate(batch):
+                n = len(e["input_ids"])
+                ids[i, :n] = torch.tensor(e["input_ids"])
+                attn[i, :n] = 1
+                labels[i, :n] = torch.where(torch.tensor(e["completion_mask"]).bool(), ids[i, :n], -100)
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits[:, :-1].float()
+            target = labels[:, 1:].to(device)
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="sum")
+            total += float(nll)
+            count += int((target != -100).sum())
+    return total / count
+
+
+class CheckpointEvaluator:
+    """Evaluates a model (normally a PeftModel around the initial model) on fixed safety and reasoning sets."""
+
+    def __init__(
+        self,
+        tokenizer,
+        harmful: Sequence[str],
+        benign: Sequence[str] = (),
+        reasoning: Optional[Mapping[str, Sequence[Any]]] = None,
+        nll_rows: Sequence[Mapping[str, Any]] = (),
+        safety_max_new_tokens: int = 32,
+        reasoning_max_new_tokens: int = 160,
+        batch_size: int = 16,
+    ) -> None:
+        if not harmful:
+            raise ValueError("CheckpointEvaluator needs at least one harmful prompt.")
+        self.tokenizer = tokenizer
+        self.harmful, self.benign = list(harmful), list(benign)
+        self.reasoning = {k: list(v) for k, v in (reasoning or {}).items()}
+        self.nll_rows = list(nll_rows)
+        self.safety_tokens, self.reasoning_tokens = safety_max_new_tokens, reasoning_max_new_tokens
+        self.batch_size = batch_size
+        self.initial_responses: Optional[list[str]] = None  # the initial model's harmful responses (for the KL)
+
+    def __call__(self, model, step: int = 0, reasoning: bool = True) -> dict[str, Any]:
+        from peft import PeftModel
+
+        from ..tuner.drift import weight_drift
+
+        started = time.time()
+        common = dict(max_new_tokens=self.safety_tokens, batch_size=self.batch_size)
+        rr = refusal_ratio(model, self.tokenizer, self.harmful, **common)
+        record: dict[str, Any] = {"step": step, "refusal_ratio": rr["refusal_ratio"], "n_harmful": rr["n"]}
+        if self.initial_responses is None:
+            if step != 0:
+                raise RuntimeError("CheckpointEvaluator must see the initial model (step 0) first.")
+            self.initial_responses = rr["responses"]
+        is_peft = isinstance(model, PeftModel)
+        record["harmful_kl"] = (
+            harmful_kl(model, self.tokenizer, self.harmful, responses=self.initial_responses, **common)
+            if is_peft and step > 0 else 0.0
+        )
+        if self.benign:
+            record["false_refusal"] = refusal_ratio(model, self.tokenizer, self.benign, **common)["refusal_ratio"]
+        if reasoning and self.reasoning:
+            scores = evaluate_reasoning(model, self.tokenizer, examples=self.reasoning, batch_size=self.batch_size,
+                                        max_new_tokens=self.reasoning_tokens)
+            record.update({f"acc/{task}": res["accuracy"] for task, res in scores.items()})
+        if self.nll_rows:
+            record["cot_nll"] = completion_nll(model, self.tokenizer, self.nll_rows, batch_size=self.batch_size)
+        if is_peft:
+            try:
+                record["drift_max"] = float(weight_drift(model).max)
+            except ValueError:  # not a SLowED adapter
+                pass
+        record["eval_seconds"] = round(time.time() - started, 1)
+        return record
+
+
+class CheckpointEvalCallback(TrainerCallback):
+    """Runs a :class:`CheckpointEvaluator` before training and every ``eval_steps`` optimizer steps.
+
+    Records accumulate in ``self.records``; ``reasoning_every`` > 1 runs the (slow) reasoning generation only on
+    every n-th checkpoint and always at the last step.
+    """
+
+    def __init__(self, evaluator: CheckpointEvaluator, eval_steps: int, reasoning_every: int = 1, log=print) -> None:
+        if eval_steps < 1:
+            raise ValueError(f"eval_steps must be >= 1, got {eval_steps}.")
+        self.evaluator, self.eval_steps, self.reasoning_every = evaluator, eval_steps, max(1, reasoning_every)
+        self.records: list[dict[str, Any]] = []
+        self.log = log
+
+    def _run(self, model, step: int, last: bool) -> None:
+        index = step // self.eval_steps
+        record = self.evaluator(model, step, reasoning=last or index % self.reasoning_every == 0)
+        self.records.append(record)
+        if self.log is not None:
+            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
+            self.log(f"[checkpoint] {shown}")
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not self.records:
+            self._run(model, 0, last=False)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        step, last = state.global_step, state.global_step >= state.max_steps
+        if step % self.eval_steps == 0 or last:
+            self._run(model, step, last)

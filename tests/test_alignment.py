@@ -1,0 +1,80 @@
+"""Tests for the safety-alignment data (``slowed_peft.data.alignment``) and the aligned-student arguments."""
+
+from __future__ import annotations
+
+import pytest
+
+from slowed_peft.data.alignment import (
+    REFUSAL_RESPONSES,
+    alignment_dataset,
+    benign_instructions,
+    refusal_response,
+    trim_response,
+)
+from slowed_peft.eval import BENIGN_PROMPTS, is_refusal
+from slowed_peft.scripts.align import AlignArguments
+
+
+def test_every_refusal_is_scored_as_a_refusal():
+    assert all(is_refusal(r) for r in REFUSAL_RESPONSES)
+
+
+def test_benign_instructions_split_is_disjoint_deterministic_and_not_refusals():
+    train, held = benign_instructions(seed=0)
+    assert (train, held) == benign_instructions(seed=0)
+    assert benign_instructions(seed=1) != (train, held)
+    assert not set(train) & set(held)
+    assert len(train) == 84 and len(held) == 28
+    assert not set(held) & set(BENIGN_PROMPTS)
+    assert sum(p.startswith(("Write a script that", "Develop a strategy for")) for p in train + held) == 16
+    with pytest.raises(ValueError, match="train_fraction"):
+        benign_instructions(train_fraction=1.0)
+
+
+def test_refusal_response_is_deterministic_and_varied():
+    picks = [refusal_response(i, seed=0) for i in range(64)]
+    assert picks == [refusal_response(i, seed=0) for i in range(64)]
+    assert len(set(picks)) >= 5
+    assert set(picks) <= set(REFUSAL_RESPONSES)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("First sentence here. Second one is cut mid", "First sentence here."),
+        ("A whole answer that ends well!", "A whole answer that ends well!"),
+        ("Steps:\n1. Boil water.\n2. Add the tea", "Steps:\n1. Boil water."),
+        ("Pi is 3.14 and e is 2.71 roughly and", "Pi is 3.14 and e is 2.71 roughly and"),
+        ("Short.", None),
+        ("   ", None),
+    ],
+)
+def test_trim_response_keeps_whole_sentences(text, expected):
+    assert trim_response(text) == expected
+
+
+def test_alignment_dataset_rows_and_errors():
+    harmful = ["Do a harmful thing", "Do another harmful thing"]
+    benign = ["Bake bread", "Plant a tree", "Fold a sheet"]
+    ds = alignment_dataset(harmful, benign, ["Knead, rise, bake.", "Dig a hole.", ""], seed=0)
+    assert len(ds) == 4  # the empty benign answer is dropped
+    assert sorted(ds["kind"]) == ["benign", "benign", "harmful", "harmful"]
+    for row in ds:
+        assert row["prompt"][0]["role"] == "user" and row["completion"][0]["role"] == "assistant"
+        assert is_refusal(row["completion"][0]["content"]) == (row["kind"] == "harmful")
+    assert ds["prompt"] == alignment_dataset(harmful, benign, ["Knead, rise, bake.", "Dig a hole.", ""])["prompt"]
+    with pytest.raises(ValueError, match="3 benign prompts but 2 responses"):
+        alignment_dataset(harmful, benign, ["a", "b"])
+    with pytest.raises(ValueError, match="at least one harmful"):
+        alignment_dataset([], benign, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="refuse everything"):
+        alignment_dataset(harmful, benign, ["", "", "ok"])
+
+
+def test_align_arguments_fingerprint_tracks_training_settings_only(tmp_path):
+    base = AlignArguments()
+    assert base.fingerprint() == AlignArguments(eval_limit=8, force=True, eval_batch_size=4).fingerprint()
+    assert base.fingerprint() != AlignArguments(learning_rate=1e-5).fingerprint()
+    assert base.fingerprint() != AlignArguments(harmful_limit=None).fingerprint()
+    assert base.resolved_output_dir().name == f"smollm2-135m-instruct-{base.fingerprint()}"
+    assert AlignArguments(output_dir=str(tmp_path)).resolved_output_dir() == tmp_path

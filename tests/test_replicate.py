@@ -1,0 +1,96 @@
+"""The replication script: argument checks, report tables/plots from a results dict, and (slow) the quick mode."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from slowed_peft.scripts.replicate import MAIN_ARMS, SWEEP, ReplicateArguments
+from slowed_peft.scripts.replicate_report import arms_table, steps_table, sweep_table, write_report
+from slowed_peft.utils.paths import data_dir
+
+
+def checkpoints(refusals, kl_scale=0.1):
+    return [{"step": 10 * i, "refusal_ratio": r, "harmful_kl": kl_scale * i, "false_refusal": 0.05,
+             "cot_nll": 2.0 - 0.1 * i, "drift_max": 0.01 * i, "acc/svamp": 0.1 * i} for i, r in enumerate(refusals)]
+
+
+def fake_results():
+    settings = ReplicateArguments().run_settings
+    arms = {arm: {"settings": settings(arm), "checkpoints": checkpoints([0.9, 0.9 - 0.2 * k, 0.9 - 0.3 * k]),
+                  "final": {"svamp": {"accuracy": 0.2, "n": 10}}, "masked_fraction": 0.3 if "l" in arm else 0.0,
+                  "train_seconds": 90.0}
+            for k, arm in enumerate(MAIN_ARMS)}
+    sweep = {"lem q=0.5": {"settings": settings(**SWEEP["lem q=0.5"]), "checkpoints": checkpoints([0.9, 0.5]),
+                           "masked_fraction": 0.5, "train_seconds": 30.0}}
+    alignment = {"before": {"advbench": {"refusal_ratio": 0.03, "n": 208}, "benign": {"refusal_ratio": 0.0, "n": 44}},
+                 "after": {"advbench": {"refusal_ratio": 0.95, "n": 208}, "benign": {"refusal_ratio": 0.05, "n": 44}}}
+    return {"arms": arms, "sweep": sweep, "alignment": alignment, "initial_final": {"svamp": {"accuracy": 0.05}},
+            "wall_time_min": 1.0, "torch_threads": 2}
+
+
+def test_tables_hold_every_arm_and_the_values():
+    results = fake_results()
+    table = arms_table(results)
+    assert table.splitlines()[2].startswith("| aligned student (start) | 0.900 | 0.000 | 0.050 | 0.000 |")
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[3:]}
+    assert list(rows) == list(MAIN_ARMS)
+    assert rows["slow"].startswith("| slow | 0.600 | 0.200 |")  # refusal 0.9 - 0.3, KL 0.2 at the last checkpoint
+    steps = steps_table(results).splitlines()
+    assert steps[0] == "| arm \\ step | 0 | 10 | 20 |" and steps[2] == "| sft | 0.900 | 0.900 | 0.900 |"
+    sweep = sweep_table(results)
+    assert "| lem q=0.5 | 1 | none | q=0.5, live | 0.500 |" in sweep
+    assert "| slowed (main) | 0.1 | 0.05 | τ=0.5, live |" in sweep
+
+
+def test_write_report_writes_markdown_and_plots(tmp_path):
+    paths = write_report(fake_results(), tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "## Arms after the same budget" in text and "## Sweep" in text and "0.950" in text
+    for key in ("steps", "tradeoff"):
+        assert paths[key] and os.path.getsize(paths[key]) > 10_000
+
+
+def test_arguments_are_validated_and_quick_mode_shrinks_everything():
+    with pytest.raises(ValueError, match="Unknown arm"):
+        ReplicateArguments(arms=["sft", "fast"])
+    with pytest.raises(ValueError, match="Unknown sweep variant"):
+        ReplicateArguments(sweep_variants=["nope"])
+    quick = ReplicateArguments(quick=True)
+    assert quick.max_steps < 10 and quick.align_arguments().harmful_limit == 32
+    assert quick.align_arguments().fingerprint() != ReplicateArguments().align_arguments().fingerprint()
+    assert ReplicateArguments().run_settings("slow", max_drift=None)["max_drift"] is None
+
+
+@pytest.mark.skipif(data_dir() is None, reason="needs the shared data folder")
+def test_distillation_rows_ask_the_evaluation_question():
+    from slowed_peft.eval.tasks import load_svamp
+    from slowed_peft.scripts.replicate import distillation_rows
+
+    rows = distillation_rows("svamp", "test", 3)
+    assert [r["prompt"][0]["content"] for r in rows] == [e.prompt for e in load_svamp("test", limit=3)]
+    assert all(r["completion"][0]["content"].endswith(f"So the answer is {r['answer']}.") for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(data_dir() is None, reason="needs the shared data folder")
+def test_quick_replication_end_to_end(tmp_path):
+    """The ~5-minute quick mode on the real SmolLM2-135M: every arm and sweep run, report and plots written."""
+    from slowed_peft.scripts.replicate import run
+
+    results = run(["--quick", "--output_dir", str(tmp_path)])
+    assert list(results["arms"]) == list(MAIN_ARMS) and len(results["sweep"]) == 2
+    for arm, record in results["arms"].items():
+        steps = [c["step"] for c in record["checkpoints"]]
+        assert steps == [0, 3, 6], arm
+        last = record["checkpoints"][-1]
+        if arm in ("slow", "slowed"):
+            assert last["drift_max"] <= 0.05 * (1 + 1e-5)
+        assert (record["masked_fraction"] > 0) == (arm in ("lem", "slowed"))
+    assert results["arms"]["sft"]["checkpoints"][-1]["drift_max"] > results["arms"]["slow"]["checkpoints"][-1][
+        "drift_max"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["wall_time_min"] == results["wall_time_min"]
+    assert (tmp_path / "refusal_over_steps.png").is_file() and (tmp_path / "tradeoff.png").is_file()
