@@ -81,3 +81,13 @@ def test_callback_evaluates_at_start_every_n_steps_and_at_the_end(setup, tmp_pat
     assert trainer.model.training  # evaluation restored train mode
     with pytest.raises(ValueError, match="eval_steps"):
         CheckpointEvalCallback(evaluator(tok), eval_steps=0)
+
+
+def test_callback_can_skip_reasoning_at_the_end(setup, tmp_path):
+    model_dir, tok = setup
+    args = SLowEDSFTConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2,
+                           use_cpu=True, report_to="none", save_strategy="no", max_length=64, disable_tqdm=True)
+    callback = CheckpointEvalCallback(evaluator(tok), eval_steps=2, reasoning_at_end=False, log=None)
+    SLowEDTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(ROWS), processing_class=tok,
+                  peft_config=SLowEDConfig(target_modules="all-linear"), callbacks=[callback]).train()
+    assert [("acc/sums" in r, r["step"]) for r in callback.records] == [(True, 0), (False, 2)]

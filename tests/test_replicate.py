@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
 from slowed_peft.scripts.replicate import MAIN_ARMS, SWEEP, ReplicateArguments
 from slowed_peft.scripts.replicate_report import arms_table, steps_table, sweep_table, write_report
 from slowed_peft.utils.paths import data_dir
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "replicate.yaml"
 
 
 def checkpoints(refusals, kl_scale=0.1):
@@ -59,7 +62,7 @@ def test_arguments_are_validated_and_quick_mode_shrinks_everything():
     with pytest.raises(ValueError, match="Unknown sweep variant"):
         ReplicateArguments(sweep_variants=["nope"])
     quick = ReplicateArguments(quick=True)
-    assert quick.max_steps < 10 and quick.align_arguments().harmful_limit == 32
+    assert quick.max_steps < 10 and quick.align_arguments().harmful_limit == 24
     assert quick.align_arguments().fingerprint() != ReplicateArguments().align_arguments().fingerprint()
     assert ReplicateArguments().run_settings("slow", max_drift=None)["max_drift"] is None
 
@@ -84,7 +87,7 @@ def test_quick_replication_end_to_end(tmp_path):
     assert list(results["arms"]) == list(MAIN_ARMS) and len(results["sweep"]) == 2
     for arm, record in results["arms"].items():
         steps = [c["step"] for c in record["checkpoints"]]
-        assert steps == [0, 3, 6], arm
+        assert steps == [0, 4], arm
         last = record["checkpoints"][-1]
         if arm in ("slow", "slowed"):
             assert last["drift_max"] <= 0.05 * (1 + 1e-5)
@@ -94,3 +97,25 @@ def test_quick_replication_end_to_end(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["wall_time_min"] == results["wall_time_min"]
     assert (tmp_path / "refusal_over_steps.png").is_file() and (tmp_path / "tradeoff.png").is_file()
+
+
+def test_recipe_config_parses_into_the_replication_arguments():
+    from trl import TrlParser
+
+    (args,) = TrlParser((ReplicateArguments,)).parse_args_and_config(
+        args=["--config", str(RECIPE), "--sweep", "false"])
+    assert args.max_steps == 24 and args.sweep is False and args.arms == list(MAIN_ARMS)
+
+
+def test_resume_keeps_runs_only_for_the_same_settings(tmp_path):
+    from dataclasses import asdict
+
+    from slowed_peft.scripts.replicate import _load_previous
+
+    args = ReplicateArguments(output_dir=str(tmp_path))
+    (tmp_path / "results.json").write_text(json.dumps({"args": asdict(args), "arms": {"sft": {}}, "sweep": {}}))
+    assert _load_previous(ReplicateArguments(output_dir=str(tmp_path), sweep=False, arms=["slow"]), tmp_path)
+    assert _load_previous(ReplicateArguments(output_dir=str(tmp_path), learning_rate=1e-3), tmp_path) is None
+    assert _load_previous(ReplicateArguments(output_dir=str(tmp_path), resume=False), tmp_path) is None
+    (tmp_path / "results.json").write_text("{not json")
+    assert _load_previous(args, tmp_path) is None

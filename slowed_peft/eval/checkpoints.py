@@ -116,19 +116,22 @@ class CheckpointEvalCallback(TrainerCallback):
     """Runs a :class:`CheckpointEvaluator` before training and every ``eval_steps`` optimizer steps.
 
     Records accumulate in ``self.records``; ``reasoning_every`` > 1 runs the (slow) reasoning generation only on
-    every n-th checkpoint and always at the last step.
+    every n-th checkpoint, and at the last step unless ``reasoning_at_end=False``.
     """
 
-    def __init__(self, evaluator: CheckpointEvaluator, eval_steps: int, reasoning_every: int = 1, log=print) -> None:
+    def __init__(self, evaluator: CheckpointEvaluator, eval_steps: int, reasoning_every: int = 1,
+                 reasoning_at_end: bool = True, log=print) -> None:
         if eval_steps < 1:
             raise ValueError(f"eval_steps must be >= 1, got {eval_steps}.")
         self.evaluator, self.eval_steps, self.reasoning_every = evaluator, eval_steps, max(1, reasoning_every)
+        self.reasoning_at_end = reasoning_at_end
         self.records: list[dict[str, Any]] = []
         self.log = log
 
     def _run(self, model, step: int, last: bool) -> None:
         index = step // self.eval_steps
-        record = self.evaluator(model, step, reasoning=last or index % self.reasoning_every == 0)
+        at_end = last and self.reasoning_at_end
+        record = self.evaluator(model, step, reasoning=at_end or (not last and index % self.reasoning_every == 0))
         self.records.append(record)
         if self.log is not None:
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}

@@ -38,7 +38,7 @@ SWEEP: dict[str, dict[str, Any]] = {
     "lem initial τ=0.5": {"arm": "lem", "entropy_source": "initial"},
     "lem τ=1.0": {"arm": "lem", "entropy_threshold": 1.0},
 }
-DEFAULT_SWEEP = ("slow γ=1 ρ=0.02", "slow γ=0.3 ρ=0.05", "lem q=0.5", "lem initial τ=0.5")
+DEFAULT_SWEEP = ("slow γ=1 ρ=0.02", "lem q=0.5", "lem initial τ=0.5")
 QUICK_SWEEP = ("slow γ=1 ρ=0.02", "lem initial τ=0.5")
 
 
@@ -54,8 +54,8 @@ class ReplicateArguments:
     sweep_variants: Optional[list[str]] = field(default=None, metadata={"help": "Subset of the sweep (names)."})
     dataset_name: str = field(default="svamp", metadata={"help": "CoT source to distil: svamp | gsm8k | cqa."})
     train_limit: Optional[int] = field(default=None, metadata={"help": "First N training rows (None: all)."})
-    max_steps: int = field(default=32, metadata={"help": "Optimizer steps per arm (the shared budget)."})
-    sweep_steps: Optional[int] = field(default=16, metadata={"help": "Steps per sweep run (None: max_steps)."})
+    max_steps: int = field(default=24, metadata={"help": "Optimizer steps per arm (the shared budget)."})
+    sweep_steps: Optional[int] = field(default=12, metadata={"help": "Steps per sweep run (None: max_steps)."})
     batch_size: int = field(default=4, metadata={"help": "Training batch size."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate, the same for every arm."})
     slow_factor: float = field(default=0.1, metadata={"help": "γ of the slow/slowed arms."})
@@ -63,16 +63,18 @@ class ReplicateArguments:
     entropy_threshold: Optional[float] = field(default=0.5, metadata={"help": "τ of the lem/slowed arms (nats)."})
     entropy_quantile: Optional[float] = field(default=None, metadata={"help": "q instead of τ."})
     entropy_source: str = field(default="live", metadata={"help": "live | initial (lem/slowed arms)."})
-    eval_steps: int = field(default=8, metadata={"help": "Checkpoint evaluation every N steps."})
-    reasoning_every: int = field(default=2, metadata={"help": "SVAMP accuracy on every n-th checkpoint "
+    eval_steps: int = field(default=6, metadata={"help": "Checkpoint evaluation every N steps."})
+    reasoning_every: int = field(default=4, metadata={"help": "SVAMP accuracy on every n-th checkpoint "
                                                                "(and always at the first and last one)."})
     safety_limit: int = field(default=64, metadata={"help": "Held-out AdvBench prompts at checkpoints."})
     reasoning_limit: int = field(default=64, metadata={"help": "SVAMP test problems at checkpoints."})
-    final_gsm8k: int = field(default=16, metadata={"help": "GSM8K test problems at the end of each main arm."})
+    final_gsm8k: int = field(default=8, metadata={"help": "GSM8K test problems at the end of each main arm."})
     final_bbh: int = field(default=16, metadata={"help": "BBH boolean_expressions problems at the end."})
     nll_limit: int = field(default=64, metadata={"help": "Held-out rationales scored by NLL at checkpoints."})
     eval_batch_size: int = field(default=48, metadata={"help": "Generation batch size."})
     seed: int = field(default=0, metadata={"help": "Seed of alignment, data order and training."})
+    resume: bool = field(default=True, metadata={"help": "Keep finished runs of a results.json with the same "
+                                                         "arguments in output_dir and only run the rest."})
     align_epochs: float = field(default=1.0, metadata={"help": "Epochs of the alignment SFT."})
     align_harmful_limit: Optional[int] = field(default=96, metadata={"help": "AdvBench train prompts aligned on."})
 
@@ -85,17 +87,17 @@ class ReplicateArguments:
             if bad:
                 raise ValueError(f"Unknown sweep variant(s) {bad}; accepted: {sorted(SWEEP)}.")
         if self.quick:
-            self.max_steps, self.sweep_steps, self.eval_steps, self.reasoning_every = 6, 3, 3, 1
-            self.train_limit, self.batch_size = 48, 4
-            self.safety_limit, self.reasoning_limit, self.nll_limit = 16, 8, 16
-            self.final_gsm8k, self.final_bbh = 4, 4
-            self.align_epochs, self.align_harmful_limit = 1.0, 32
+            self.max_steps, self.sweep_steps, self.eval_steps, self.reasoning_every = 4, 2, 4, 1
+            self.train_limit, self.batch_size = 16, 2
+            self.safety_limit, self.reasoning_limit, self.nll_limit = 8, 4, 8
+            self.final_gsm8k, self.final_bbh = 0, 0
+            self.align_epochs, self.align_harmful_limit = 1.0, 24
             self.eval_batch_size = 16
             if self.sweep_variants is None:
                 self.sweep_variants = list(QUICK_SWEEP)
 
     def align_arguments(self) -> AlignArguments:
-        quick = dict(arc_questions=8, benign_limit=24, eval_limit=16, benign_max_new_tokens=48, eval_batch_size=16) if self.quick else {}
+        quick = dict(arc_questions=0, benign_limit=16, eval_limit=8, benign_max_new_tokens=48, eval_batch_size=16) if self.quick else {}
         return AlignArguments(model_name_or_path=self.model_name_or_path, seed=self.seed,
                               num_train_epochs=self.align_epochs, harmful_limit=self.align_harmful_limit, **quick)
 
@@ -126,7 +128,7 @@ def make_evaluator(args: ReplicateArguments, tokenizer):
     test_split = "test"
     nll_rows = distillation_rows(args.dataset_name, test_split, args.nll_limit).to_list()
     return CheckpointEvaluator(
-        tokenizer, harmful=sets["advbench"][: args.safety_limit], benign=sets["benign"],
+        tokenizer, harmful=sets["advbench"][: args.safety_limit], benign=sets["benign"][: args.safety_limit],
         reasoning={"svamp": load_svamp("test", limit=args.reasoning_limit)}, nll_rows=nll_rows,
         batch_size=args.eval_batch_size, reasoning_max_new_tokens=128,
     )
@@ -146,7 +148,8 @@ def final_reasoning(model, tokenizer, args: ReplicateArguments) -> dict[str, dic
 
 
 def train_run(args: ReplicateArguments, student: str, settings: dict, evaluator, initial: dict, out_dir: Path,
-              max_steps: int, eval_steps: int, reasoning_every: int) -> tuple[Any, dict]:
+              max_steps: int, eval_steps: int, reasoning_every: int, reasoning_at_end: bool = True
+              ) -> tuple[Any, dict]:
     """Train one arm / variant with checkpoint evaluation; returns ``(trainer, run record)``."""
     import torch
 
@@ -172,7 +175,8 @@ def train_run(args: ReplicateArguments, student: str, settings: dict, evaluator,
     slowed = SLowEDArguments(arm=settings["arm"], slow_factor=settings["slow_factor"],
                              max_drift=settings["max_drift"])
     apply_arm_to_training_args(slowed, training_args)
-    callback = CheckpointEvalCallback(evaluator, eval_steps=eval_steps, reasoning_every=reasoning_every)
+    callback = CheckpointEvalCallback(evaluator, eval_steps=eval_steps, reasoning_every=reasoning_every,
+                                      reasoning_at_end=reasoning_at_end)
     callback.records.append(dict(initial))
     trainer = SLowEDTrainer(model=model, args=training_args, processing_class=tokenizer,
                             train_dataset=distillation_rows(args.dataset_name, "train", args.train_limit),
@@ -207,16 +211,30 @@ def run_all(args: ReplicateArguments) -> dict:
     print(format_report(alignment))
     results: dict[str, Any] = {"args": asdict(args), "student": student, "alignment": alignment,
                                "torch_threads": torch.get_num_threads(), "arms": {}, "sweep": {}}
+    previous = _load_previous(args, out)
+    if previous:
+        print(f"resuming: {len(previous['arms'])} arm(s) and {len(previous['sweep'])} sweep run(s) already done")
+        results.update({k: previous[k] for k in ("arms", "sweep", "initial", "initial_final") if k in previous})
 
     print("[2/4] initial evaluation of the aligned student ...")
     base, tokenizer = load_model(student)
     evaluator = make_evaluator(args, tokenizer)
-    initial = evaluator(base, step=0)
-    results["initial_final"] = final_reasoning(base, tokenizer, args)
+    if "initial" in results:
+        initial = results["initial"]
+        evaluator.initial_responses = initial["harmful_responses"]
+    else:
+        initial = evaluator(base, step=0)
+        initial["harmful_responses"] = evaluator.initial_responses
+        results["initial"] = initial
+        results["initial_final"] = final_reasoning(base, tokenizer, args)
+        _save(results, out)
+    initial = {k: v for k, v in initial.items() if k != "harmful_responses"}
     print(f"[checkpoint] {initial}\n[final reasoning] {results['initial_final']}")
     del base
 
     for i, arm in enumerate(args.arms, 1):
+        if arm in results["arms"]:
+            continue
         print(f"[3/4] arm {arm} ({i}/{len(args.arms)}) ...")
         trainer, record = train_run(args, student, args.run_settings(arm), evaluator, initial, out / "runs" / arm,
                                     args.max_steps, args.eval_steps, args.reasoning_every)
@@ -229,19 +247,44 @@ def run_all(args: ReplicateArguments) -> dict:
         names = args.sweep_variants if args.sweep_variants is not None else list(DEFAULT_SWEEP)
         steps = args.sweep_steps or args.max_steps
         for i, name in enumerate(names, 1):
+            if name in results["sweep"]:
+                continue
             print(f"[4/4] sweep {name} ({i}/{len(names)}) ...")
             settings = args.run_settings(**SWEEP[name])
             trainer, record = train_run(args, student, settings, evaluator, initial, out / "runs" / f"sweep{i}",
-                                        max_steps=steps, eval_steps=steps, reasoning_every=1)
+                                        max_steps=steps, eval_steps=steps, reasoning_every=1,
+                                        reasoning_at_end=False)  # compared by NLL, refusal and KL
             results["sweep"][name] = record
             free(trainer)
             _save(results, out)
 
-    results["wall_time_min"] = round((time.time() - started) / 60, 1)
+    results["wall_time_min"] = round((time.time() - started) / 60, 1)  # this invocation (see "resumed")
+    results["resumed"] = bool(previous)
     _save(results, out)
     write_report(results, out)
     print((out / "results.md").read_text())
     return results
+
+
+_RESUME_IGNORES = ("resume", "output_dir", "arms", "sweep", "sweep_variants")  # they choose runs, not how runs go
+
+
+def _load_previous(args: ReplicateArguments, out: Path) -> Optional[dict]:
+    """A previous ``results.json`` in ``out`` produced with the same arguments (``resume`` aside), else None."""
+    path = out / "results.json"
+    if not args.resume or not path.is_file():
+        return None
+    try:
+        previous = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        logger.warning(f"{path} is not valid JSON; starting from scratch.")
+        return None
+    mine = {k: v for k, v in asdict(args).items() if k not in _RESUME_IGNORES}
+    theirs = {k: v for k, v in previous.get("args", {}).items() if k not in _RESUME_IGNORES}
+    if mine != theirs:
+        logger.warning(f"{path} was produced with other arguments; starting from scratch.")
+        return None
+    return previous
 
 
 def _save(results: dict, out: Path) -> None:
