@@ -39,7 +39,7 @@ def arms_table(results: Mapping[str, Any]) -> str:
     """Arms × metrics at the end of training, with the aligned student as the first row."""
     initial = results["arms"][next(iter(results["arms"]))]["checkpoints"][0] if results["arms"] else None
     header = ["arm", "AdvBench refusal ↑", "harmful KL ↓", "benign false refusal ↓", "SVAMP acc ↑", "GSM8K acc ↑",
-              "BBH bool acc ↑", "held-out CoT NLL ↓", "max drift", "masked frac", "train min"]
+              "BBH bool acc ↑", "held-out CoT NLL ↓", "max drift", "masked frac", "min (train + evals)"]
     rows = []
     if initial is not None:
         f = results.get("initial_final", {})
@@ -51,7 +51,7 @@ def arms_table(results: Mapping[str, Any]) -> str:
         rows.append([arm, last["refusal_ratio"], last["harmful_kl"], last.get("false_refusal"),
                      last.get("acc/svamp"), _final_acc(f, "gsm8k"), _final_acc(f, "bbh:boolean_expressions"),
                      last.get("cot_nll"), last.get("drift_max"), record.get("masked_fraction"),
-                     round(record["train_seconds"] / 60, 1)])
+                     f"{record['train_seconds'] / 60:.1f}"])
     return _table(header, rows)
 
 
@@ -100,17 +100,12 @@ def write_report(results: Mapping[str, Any], out: Path) -> dict[str, Optional[st
                                          ("cot_nll", "held-out rationale NLL"),
                                          ("acc/svamp", "SVAMP accuracy (checkpoint set)")],
                                 str(out / "refusal_over_steps.png"), title="SLowED arms over training")
-    runs = {**results["arms"], **results.get("sweep", {})}
-    points = {name: (_last(r).get("cot_nll"), _last(r)["refusal_ratio"]) for name, r in runs.items()
-              if _last(r).get("cot_nll") is not None}
-    tradeoff_png = None
-    if points:
-        first = next(iter(results["arms"].values()))["checkpoints"][0] if results["arms"] else None
-        reference = (first["cot_nll"], first["refusal_ratio"]) if first and "cot_nll" in first else None
-        tradeoff_png = plot_tradeoff(points, str(out / "tradeoff.png"),
-                                     xlabel="held-out rationale NLL (lower = more reasoning learned)",
-                                     ylabel="held-out AdvBench refusal ratio", reference=reference,
-                                     title="reasoning vs safety after the same budget")
+    sweep_points = {name: _last(r) for name, r in results.get("sweep", {}).items()}
+    tradeoff_png = plot_tradeoff(curves, sweep_points, str(out / "tradeoff.png"),
+                                 x=("cot_nll", "held-out rationale NLL (← less learned · more learned →)"),
+                                 panels=[("refusal_ratio", "held-out AdvBench refusal ratio"),
+                                         ("harmful_kl", "harmful KL vs aligned student")],
+                                 title="reasoning vs safety: arms through checkpoints (o), sweep runs (x)")
     alignment = results["alignment"]
     parts = [
         "## Aligned student", "",
@@ -130,3 +125,13 @@ def write_report(results: Mapping[str, Any], out: Path) -> dict[str, Optional[st
     parts += [f"Wall time: {results.get('wall_time_min')} min; torch threads: {results.get('torch_threads')}.", ""]
     (out / "results.md").write_text("\n".join(parts))
     return {"results.md": str(out / "results.md"), "steps": steps_png, "tradeoff": tradeoff_png}
+
+
+if __name__ == "__main__":  # re-render the tables and plots of a finished (or interrupted) run
+    import json
+    import sys
+
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/replicate")
+    written = write_report(json.loads((folder / "results.json").read_text()), folder)
+    print((folder / "results.md").read_text())
+    print(written)
