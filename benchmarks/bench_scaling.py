@@ -41,7 +41,7 @@ def tiny(hidden: int, layers: int) -> LlamaForCausalLM:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seqs", type=int, nargs="+", default=[128, 256, 512, 1024])
-    ap.add_argument("--widths", type=int, nargs="+", default=[256, 384, 576, 768])
+    ap.add_argument("--widths", type=int, nargs="+", default=[256, 384, 512, 768])  # multiples of 128 (GQA heads)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)

@@ -8,7 +8,7 @@
 3. optionally a coarse sweep of ``slow_factor`` / ``max_drift``, threshold vs quantile and entropy source;
 4. write ``results.json``, ``results.md`` (tables), ``refusal_over_steps.png`` and ``tradeoff.png``.
 
-``--quick`` shrinks everything to a ~5-minute smoke run (used by the slow test).
+``--quick`` shrinks everything to a smoke run of a few minutes (used by the slow test).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class ReplicateArguments:
 
     output_dir: str = field(default="outputs/replicate", metadata={"help": "Where results, tables and plots go."})
     model_name_or_path: str = field(default="smollm2-135m-instruct", metadata={"help": "Student before alignment."})
-    quick: bool = field(default=False, metadata={"help": "~5-minute smoke run (tiny sizes everywhere)."})
+    quick: bool = field(default=False, metadata={"help": "Smoke run of a few minutes (tiny sizes everywhere)."})
     arms: list[str] = field(default_factory=lambda: list(MAIN_ARMS), metadata={"help": "Arms to train."})
     sweep: bool = field(default=True, metadata={"help": "Also run the coarse hyper-parameter sweep."})
     sweep_variants: Optional[list[str]] = field(default=None, metadata={"help": "Subset of the sweep (names)."})
