@@ -14,6 +14,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str, title: str = "") -> None:
+    """Title (if any), tight layout, PNG at 120 dpi, and free the figure."""
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], list[float]]:
     rows = [h for h in history if key in h and "step" in h and "train_runtime" not in h]
     return [h["step"] for h in rows], [float(h[key]) for h in rows]
@@ -34,11 +43,7 @@ def plot_training(history: Sequence[Mapping[str, Any]], path: str, title: str = 
         ax.set_xlabel("step")
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path, title)
     return path
 
 
@@ -84,11 +89,7 @@ def plot_over_steps(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Seque
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path, title)
     return path
 
 
@@ -115,9 +116,5 @@ def plot_tradeoff(paths: Mapping[str, Sequence[Mapping[str, Any]]], points: Mapp
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path, title)
     return path
