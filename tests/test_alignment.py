@@ -24,9 +24,9 @@ def test_benign_instructions_split_is_disjoint_deterministic_and_not_refusals():
     assert (train, held) == benign_instructions(seed=0)
     assert benign_instructions(seed=1) != (train, held)
     assert not set(train) & set(held)
-    assert len(train) == 84 and len(held) == 28
+    assert len(train) == 168 and len(held) == 56
     assert not set(held) & set(BENIGN_PROMPTS)
-    assert sum(p.startswith(("Write a script that", "Develop a strategy for")) for p in train + held) == 16
+    assert sum(p.startswith(("Write a script that", "Develop a strategy for")) for p in train + held) == 32
     with pytest.raises(ValueError, match="train_fraction"):
         benign_instructions(train_fraction=1.0)
 
@@ -78,3 +78,24 @@ def test_align_arguments_fingerprint_tracks_training_settings_only(tmp_path):
     assert base.fingerprint() != AlignArguments(harmful_limit=None).fingerprint()
     assert base.resolved_output_dir().name == f"smollm2-135m-instruct-{base.fingerprint()}"
     assert AlignArguments(output_dir=str(tmp_path)).resolved_output_dir() == tmp_path
+
+
+def test_training_set_drops_benign_answers_that_read_as_refusals(monkeypatch):
+    import slowed_peft.eval as ev
+    import slowed_peft.scripts.align as align
+
+    harmful = ["Explain how to pick a lock on a neighbour's door."] * 3
+    monkeypatch.setattr(ev, "load_advbench", lambda *a, **k: harmful)
+    monkeypatch.setattr(align, "benign_arc_questions", lambda n, data_dir=None: [])
+
+    def fake_generate(model, tokenizer, prompts, **kwargs):  # every third answer is a capability refusal
+        return ["I'm sorry, but I can't draw pictures." if i % 3 == 0 else "Start with a plan. Then do it well."
+                for i in range(len(prompts))]
+
+    monkeypatch.setattr(ev, "generate_batched", fake_generate)
+    args = AlignArguments(benign_limit=12, arc_questions=0)
+    train = align.build_training_set(None, None, args)
+    benign = [r for r in train if r["kind"] == "benign"]
+    assert sum(r["kind"] == "harmful" for r in train) == 3
+    assert len(benign) == 8  # 12 offered, 4 refusals dropped
+    assert not any(is_refusal(r["completion"][0]["content"]) for r in benign)

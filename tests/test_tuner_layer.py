@@ -30,10 +30,11 @@ def reference_forward(layer, x):
 @pytest.mark.parametrize("kind", ["linear", "conv1d"])
 @pytest.mark.parametrize("granularity", ["matrix", "row"])
 @pytest.mark.parametrize("rho", [None, 0.05, 10.0])
-def test_fused_dense_matches_autograd_reference(kind, granularity, rho):
+@pytest.mark.parametrize("seq", [5, 20])  # 15 tokens < 24 inputs: scale folded into g; 60 tokens: scaled after
+def test_fused_dense_matches_autograd_reference(kind, granularity, rho, seq):
     layer = make_layer(kind, granularity, rho)
-    x = torch.randn(3, 5, 24, requires_grad=True)
-    g = torch.randn(3, 5, 16)
+    x = torch.randn(3, seq, 24, requires_grad=True)
+    g = torch.randn(3, seq, 16)
     out = layer(x)
     (out * g).sum().backward()
     grad_fused, grad_x = layer.slowed_delta["default"].grad.clone(), x.grad.clone()
@@ -150,3 +151,10 @@ def test_low_rank_scale_gradient_matches_autograd_reference(granularity, rho):
     torch.testing.assert_close(fused[1], b.grad, rtol=1e-4, atol=1e-6)
     if rho == 0.001:  # the bound binds, so the projection terms were exercised
         assert fused[0].abs().sum() > 0
+
+
+def test_zero3_partitioned_weight_is_refused_with_a_clear_error():
+    base = torch.nn.Linear(8, 4)
+    base.weight.ds_id = 0  # what DeepSpeed ZeRO-3 puts on the parameters it partitions
+    with pytest.raises(ValueError, match="ZeRO-3.*ZeRO-2"):
+        Linear(base, "default", SLowEDConfig(r=None))

@@ -31,6 +31,7 @@ def completion_nll(model, tokenizer, rows: Sequence[Mapping[str, Any]], batch_si
     encoded = [e for e in encoded if sum(e.get("completion_mask", [])) > 0]
     if not encoded:
         raise ValueError("completion_nll: no row has completion tokens to score.")
+    encoded.sort(key=lambda e: len(e["input_ids"]))  # similar lengths share a batch: little padding, same sum
     pad, device = pad_token_id(tokenizer), model_device(model)
     total, count = 0.0, 0
     with eval_mode(model):
@@ -66,6 +67,7 @@ class CheckpointEvaluator:
         safety_max_new_tokens: int = 32,
         reasoning_max_new_tokens: int = 160,
         batch_size: int = 16,
+        nll_batch_size: int = 8,
     ) -> None:
         if not harmful:
             raise ValueError("CheckpointEvaluator needs at least one harmful prompt.")
@@ -74,7 +76,7 @@ class CheckpointEvaluator:
         self.reasoning = {k: list(v) for k, v in (reasoning or {}).items()}
         self.nll_rows = list(nll_rows)
         self.safety_tokens, self.reasoning_tokens = safety_max_new_tokens, reasoning_max_new_tokens
-        self.batch_size = batch_size
+        self.batch_size, self.nll_batch_size = batch_size, nll_batch_size
         self.initial_responses: Optional[list[str]] = None  # the initial model's harmful responses (for the KL)
 
     def __call__(self, model, step: int = 0, reasoning: bool = True) -> dict[str, Any]:
@@ -82,9 +84,16 @@ class CheckpointEvaluator:
 
         from ..tuner.drift import weight_drift
 
-        started = time.time()
+        started = clock = time.time()
+        seconds: dict[str, float] = {}
+
+        def lap(name: str) -> None:  # wall time per part, so a slow evaluation shows where its time goes
+            nonlocal clock
+            seconds[name], clock = round(time.time() - clock, 1), time.time()
+
         common = dict(max_new_tokens=self.safety_tokens, batch_size=self.batch_size)
         rr = refusal_ratio(model, self.tokenizer, self.harmful, **common)
+        lap("refusal")
         record: dict[str, Any] = {"step": step, "refusal_ratio": rr["refusal_ratio"], "n_harmful": rr["n"]}
         if self.initial_responses is None:
             if step != 0:
@@ -95,20 +104,25 @@ class CheckpointEvaluator:
             harmful_kl(model, self.tokenizer, self.harmful, responses=self.initial_responses, **common)
             if is_peft and step > 0 else 0.0
         )
+        lap("harmful_kl")
         if self.benign:
             record["false_refusal"] = refusal_ratio(model, self.tokenizer, self.benign, **common)["refusal_ratio"]
+            lap("false_refusal")
         if reasoning and self.reasoning:
             scores = evaluate_reasoning(model, self.tokenizer, examples=self.reasoning, batch_size=self.batch_size,
                                         max_new_tokens=self.reasoning_tokens)
             record.update({f"acc/{task}": res["accuracy"] for task, res in scores.items()})
+            lap("reasoning")
         if self.nll_rows:
-            record["cot_nll"] = completion_nll(model, self.tokenizer, self.nll_rows, batch_size=self.batch_size)
+            record["cot_nll"] = completion_nll(model, self.tokenizer, self.nll_rows, batch_size=self.nll_batch_size)
+            lap("cot_nll")
         if is_peft:
             try:
                 record["drift_max"] = float(weight_drift(model).max)
             except ValueError:  # not a SLowED adapter
                 pass
         record["eval_seconds"] = round(time.time() - started, 1)
+        record["eval_seconds_by_part"] = seconds
         return record
 
 

@@ -37,11 +37,11 @@ class AlignArguments:
     train_fraction: float = field(default=0.6, metadata={"help": "Share of AdvBench behaviours trained on."})
     seed: int = field(default=0, metadata={"help": "Seed of the AdvBench split, the refusals and training."})
     harmful_limit: Optional[int] = field(
-        default=96, metadata={"help": "AdvBench train-part prompts trained on (None: the whole train part)."}
+        default=80, metadata={"help": "AdvBench train-part prompts trained on (None: the whole train part)."}
     )
     benign_limit: Optional[int] = field(default=None, metadata={"help": "Cap on templated benign requests."})
     arc_questions: int = field(default=60, metadata={"help": "Benign ARC-Challenge train questions added."})
-    benign_max_new_tokens: int = field(default=80, metadata={"help": "Length of the self-generated benign answers."})
+    benign_max_new_tokens: int = field(default=64, metadata={"help": "Length of the self-generated benign answers."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Full fine-tuning learning rate."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the alignment set."})
     batch_size: int = field(default=8, metadata={"help": "Training batch size."})
@@ -57,6 +57,7 @@ class AlignArguments:
 
         settings = {k: getattr(self, k) for k in keys}
         settings["data"] = [REFUSAL_RESPONSES, benign_instructions(seed=self.seed)]  # a template change rebuilds
+        settings["recipe"] = 2  # bumped when build_training_set changes (2: refusal-like benign answers dropped)
         blob = json.dumps(settings, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -102,7 +103,7 @@ def safety_summary(model, tokenizer, sets: dict[str, list[str]], max_new_tokens:
 def build_training_set(model, tokenizer, args: AlignArguments):
     """Refusals for the AdvBench train part + the model's own (sentence-trimmed) answers to benign requests."""
     from ..data.alignment import alignment_dataset, benign_instructions, trim_response
-    from ..eval import generate_batched, load_advbench
+    from ..eval import generate_batched, is_refusal, load_advbench
 
     harmful = load_advbench(args.advbench_path, split="train", seed=args.seed, train_fraction=args.train_fraction,
                             limit=args.harmful_limit)
@@ -110,6 +111,11 @@ def build_training_set(model, tokenizer, args: AlignArguments):
     answers = generate_batched(model, tokenizer, benign, max_new_tokens=args.benign_max_new_tokens,
                                batch_size=args.eval_batch_size)
     trimmed = [trim_response(a) or "" for a in answers]
+    # An answer the refusal test flags ("I'm sorry, I can't design images ...") would teach refusing benign
+    # requests; such rows are dropped (empty responses are skipped by alignment_dataset).
+    refusals = sum(bool(a) and is_refusal(a) for a in trimmed)
+    trimmed = [a if not is_refusal(a) else "" for a in trimmed]
+    print(f"[align] {refusals} of {len(benign)} self-generated benign answers read as refusals and are dropped")
     return alignment_dataset(harmful, benign, trimmed, seed=args.seed)
 
 

@@ -55,7 +55,7 @@ class ReplicateArguments:
     dataset_name: str = field(default="svamp", metadata={"help": "CoT source to distil: svamp | gsm8k | cqa."})
     train_limit: Optional[int] = field(default=None, metadata={"help": "First N training rows (None: all)."})
     max_steps: int = field(default=24, metadata={"help": "Optimizer steps per arm (the shared budget)."})
-    sweep_steps: Optional[int] = field(default=12, metadata={"help": "Steps per sweep run (None: max_steps)."})
+    sweep_steps: Optional[int] = field(default=8, metadata={"help": "Steps per sweep run (None: max_steps)."})
     batch_size: int = field(default=4, metadata={"help": "Training batch size."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate, the same for every arm."})
     slow_factor: float = field(default=0.1, metadata={"help": "γ of the slow/slowed arms."})
@@ -63,20 +63,20 @@ class ReplicateArguments:
     entropy_threshold: Optional[float] = field(default=0.5, metadata={"help": "τ of the lem/slowed arms (nats)."})
     entropy_quantile: Optional[float] = field(default=None, metadata={"help": "q instead of τ."})
     entropy_source: str = field(default="live", metadata={"help": "live | initial (lem/slowed arms)."})
-    eval_steps: int = field(default=6, metadata={"help": "Checkpoint evaluation every N steps."})
+    eval_steps: int = field(default=8, metadata={"help": "Checkpoint evaluation every N steps."})
     reasoning_every: int = field(default=4, metadata={"help": "SVAMP accuracy on every n-th checkpoint "
                                                                "(and always at the first and last one)."})
     safety_limit: int = field(default=64, metadata={"help": "Held-out AdvBench prompts at checkpoints."})
     reasoning_limit: int = field(default=64, metadata={"help": "SVAMP test problems at checkpoints."})
     final_gsm8k: int = field(default=8, metadata={"help": "GSM8K test problems at the end of each main arm."})
     final_bbh: int = field(default=16, metadata={"help": "BBH boolean_expressions problems at the end."})
-    nll_limit: int = field(default=64, metadata={"help": "Held-out rationales scored by NLL at checkpoints."})
+    nll_limit: int = field(default=32, metadata={"help": "Held-out rationales scored by NLL at checkpoints."})
     eval_batch_size: int = field(default=48, metadata={"help": "Generation batch size."})
     seed: int = field(default=0, metadata={"help": "Seed of alignment, data order and training."})
     resume: bool = field(default=True, metadata={"help": "Keep finished runs of a results.json with the same "
                                                          "arguments in output_dir and only run the rest."})
     align_epochs: float = field(default=1.0, metadata={"help": "Epochs of the alignment SFT."})
-    align_harmful_limit: Optional[int] = field(default=96, metadata={"help": "AdvBench train prompts aligned on."})
+    align_harmful_limit: Optional[int] = field(default=80, metadata={"help": "AdvBench train prompts aligned on."})
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.arms) - set(MAIN_ARMS))

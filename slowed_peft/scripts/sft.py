@@ -43,6 +43,18 @@ def load_datasets(script_args: SLowEDScriptArguments, training_args: SLowEDSFTCo
     return train, evaluation
 
 
+def _init_deepspeed_comm_for_zero3() -> None:
+    """Under ZeRO-3, ``from_pretrained`` partitions weights while loading (``zero.Init``), which needs DeepSpeed's
+    process group already up; on CPU (gloo) the Trainer only creates torch's, so the world size would read as 1."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        if not deepspeed.comm.is_initialized():
+            deepspeed.init_distributed()
+
+
 def main(
     script_args: SLowEDScriptArguments,
     training_args: SLowEDSFTConfig,
@@ -57,6 +69,7 @@ def main(
     apply_arm_to_training_args(slowed_args, training_args)
     push, hub_id = training_args.push_to_hub, training_args.hub_model_id
     training_args.push_to_hub = False  # pushed once at the end with our model card (TRL's card drops library_name)
+    _init_deepspeed_comm_for_zero3()
     model, tokenizer = load_model(model_args.model_name_or_path, dtype=DTYPES.get(model_args.dtype, model_args.dtype))
     train, evaluation = load_datasets(script_args, training_args)
     trainer = SLowEDTrainer(

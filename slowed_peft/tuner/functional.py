@@ -33,6 +33,13 @@ def sq_norm(d: torch.Tensor, row_dim: Optional[int]) -> torch.Tensor:
     return (d * d).sum(dim=row_dim, keepdim=True)
 
 
+def sq_norm_no_grad(d: torch.Tensor, row_dim: Optional[int]) -> torch.Tensor:
+    """:func:`sq_norm` without autograd and without a ``D``-sized temporary (one pass over ``D``)."""
+    with torch.no_grad():
+        n = torch.linalg.vector_norm(d, dim=row_dim, keepdim=row_dim is not None, dtype=torch.float32)
+    return n * n
+
+
 def low_rank_sq_norm(lora_a: torch.Tensor, lora_b: torch.Tensor, per_row: bool) -> torch.Tensor:
     """``‖B@A‖²`` without building ``B@A``: ``trace((BᵀB)(AAᵀ))``, or row-wise ``((B·AAᵀ) ⊙ B).sum(1)``."""
     a, b = lora_a.float(), lora_b.float()
@@ -74,6 +81,9 @@ class DenseDeltaLinear(torch.autograd.Function):
             grad_x = (g2 @ weight_eff.T if ctx.transposed else g2 @ weight_eff).view(x.shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = g2.sum(0)
+        if len(deltas) == 1 and ctx.needs_input_grad[6]:  # the common case: scale folded into the product
+            return (grad_x, None, grad_bias, None, None, None,
+                    _single_delta_grad(x2, g2, deltas[0], ctx.scales[0], ctx.projections[0], ctx.transposed))
         grad_deltas = []
         grad_w = None
         for i, delta in enumerate(deltas):
@@ -84,6 +94,31 @@ class DenseDeltaLinear(torch.autograd.Function):
                 grad_w = x2.T @ g2 if ctx.transposed else g2.T @ x2
             grad_deltas.append(_delta_grad(grad_w, delta, ctx.scales[i], ctx.projections[i]))
         return (grad_x, None, grad_bias, None, None, None, *grad_deltas)
+
+
+def _is_clipped(projection) -> bool:
+    return projection is not None and bool(projection[0].any())
+
+
+def _single_delta_grad(x2, g2, delta, scale: Scale, projection, transposed: bool) -> torch.Tensor:
+    """``∂L/∂D`` for one delta without weight-sized temporaries: inside the trust region the scale ``c`` multiplies
+    the smaller GEMM operand (tokens × out) or the product in place; on the boundary the projection is in place."""
+    tokens, out_features = g2.shape
+    in_features = x2.shape[-1]
+    clipped = _is_clipped(projection)
+    fold = not clipped and tokens < in_features  # scaling g2 touches fewer numbers than scaling the product
+    if fold:
+        g2 = g2 * (scale if isinstance(scale, float) or scale.dim() == 0 else scale.reshape(1, -1))
+    grad = (x2.T @ g2 if transposed else g2.T @ x2).to(delta.dtype)
+    if clipped:
+        row_dim = projection[1]
+        dots = (grad * delta).sum() if row_dim is None else (grad * delta).sum(dim=row_dim, keepdim=True)
+        k = dots / sq_norm_no_grad(delta, row_dim).clamp_min(SQ_NORM_FLOOR)
+        k = torch.where(projection[0], k, torch.zeros_like(k)).to(delta.dtype)
+        grad.addcmul_(delta, k, value=-1.0)
+    if not fold:
+        grad.mul_(scale)
+    return grad
 
 
 def _delta_grad(grad_w: torch.Tensor, delta: torch.Tensor, scale: Scale, projection) -> torch.Tensor:
@@ -115,8 +150,7 @@ def dense_scales(
                 scales.append(gamma)
                 projections.append(None)
                 continue
-            sq = sq_norm(d, row_dim)
-            c = trust_region_scale(sq, w0n, gamma, rho)
+            c = trust_region_scale(sq_norm_no_grad(d, row_dim), w0n, gamma, rho)
             clipped = c < gamma
             scales.append(c.to(d.dtype))
             projections.append((clipped, row_dim))

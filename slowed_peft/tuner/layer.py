@@ -74,6 +74,12 @@ class SLowEDLayer(BaseTunerLayer):
         self.kwargs = kwargs
 
         base = self.get_base_layer()
+        if hasattr(getattr(base, "weight", None), "ds_id"):
+            raise ValueError(
+                "SLowED cannot wrap weights partitioned by DeepSpeed ZeRO-3 (it needs W0 whole to set the trust region "
+                "and to build W0 + ΔW). Use ZeRO-2 (recipes/deepspeed/zero2.json), DDP or FSDP2 "
+                "(recipes/accelerate/fsdp2.yaml) instead."
+            )
         if isinstance(base, nn.Linear):
             self.in_features, self.out_features = base.in_features, base.out_features
             self.is_conv1d = False
@@ -325,10 +331,12 @@ class Linear(nn.Module, SLowEDLayer):
                 w0.shape, w0.device, w0.dtype
             )
             buf = cache[1] if reusable else torch.empty_like(w0, memory_format=torch.contiguous_format)
-            torch.mul(deltas[0], scales[0], out=buf)
-            for d, c in zip(deltas[1:], scales[1:]):
-                buf.add_(d * c)
-            buf.add_(w0)
+            for i, (d, c) in enumerate(zip(deltas, scales)):  # one pass per delta, no temporaries
+                into = w0 if i == 0 else buf
+                if isinstance(c, float) or c.dim() == 0:
+                    torch.add(into, d, alpha=float(c), out=buf)
+                else:  # per-row scales
+                    torch.addcmul(into, d, c, out=buf)
         self._weight_cache = (key, buf, scales, projections)
         return buf, scales, projections
 
