@@ -333,9 +333,9 @@ class Linear(nn.Module, SLowEDLayer):
             buf = cache[1] if reusable else torch.empty_like(w0, memory_format=torch.contiguous_format)
             for i, (d, c) in enumerate(zip(deltas, scales)):  # one pass per delta, no temporaries
                 into = w0 if i == 0 else buf
-                if isinstance(c, float) or c.dim() == 0:
-                    torch.add(into, d, alpha=float(c), out=buf)
-                else:  # per-row scales
+                if isinstance(c, float):
+                    torch.add(into, d, alpha=c, out=buf)
+                else:  # trust-region scale tensor (scalar or per row); no host sync
                     torch.addcmul(into, d, c, out=buf)
         self._weight_cache = (key, buf, scales, projections)
         return buf, scales, projections
