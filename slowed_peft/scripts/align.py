@@ -113,9 +113,9 @@ def build_training_set(model, tokenizer, args: AlignArguments):
     trimmed = [trim_response(a) or "" for a in answers]
     # An answer the refusal test flags ("I'm sorry, I can't design images ...") would teach refusing benign
     # requests; such rows are dropped (empty responses are skipped by alignment_dataset).
-    refusals = sum(bool(a) and is_refusal(a) for a in trimmed)
-    trimmed = [a if not is_refusal(a) else "" for a in trimmed]
-    print(f"[align] {refusals} of {len(benign)} self-generated benign answers read as refusals and are dropped")
+    refused = [bool(a) and is_refusal(a) for a in trimmed]
+    trimmed = ["" if r else a for a, r in zip(trimmed, refused)]
+    print(f"[align] {sum(refused)} of {len(benign)} self-generated benign answers read as refusals and are dropped")
     return alignment_dataset(harmful, benign, trimmed, seed=args.seed)
 
 
