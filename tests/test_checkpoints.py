@@ -10,6 +10,7 @@ from peft import get_peft_model
 
 from slowed_peft import SLowEDConfig, SLowEDSFTConfig, SLowEDTrainer
 from slowed_peft.eval.checkpoints import CheckpointEvalCallback, CheckpointEvaluator, completion_nll
+from slowed_peft.eval.safety import harmful_kl
 from slowed_peft.masking.annotate import tokenize_like_trl
 
 ROWS = [{"prompt": [{"role": "user", "content": f"{i}+{i}?"}],
@@ -60,6 +61,10 @@ def test_evaluator_reports_zero_kl_at_start_and_needs_step_zero_first(setup):
     assert again["harmful_kl"] == pytest.approx(0.0, abs=1e-7) and again["cot_nll"] == pytest.approx(first["cot_nll"])
     with pytest.raises(ValueError, match="harmful prompt"):
         CheckpointEvaluator(tok, harmful=[])
+    cache: dict = {}
+    harmful_kl(peft_model, tok, ["Do harm"], responses=["no way"], initial_log_probs=cache)
+    with pytest.raises(ValueError, match=r"initial_log_probs\[0\] holds"):
+        harmful_kl(peft_model, tok, ["Do harm"], responses=["certainly not"], initial_log_probs=cache)
 
 
 def test_callback_evaluates_at_start_every_n_steps_and_at_the_end(setup, tmp_path):
@@ -67,7 +72,7 @@ def test_callback_evaluates_at_start_every_n_steps_and_at_the_end(setup, tmp_pat
     args = SLowEDSFTConfig(output_dir=str(tmp_path / "out"), max_steps=5, per_device_train_batch_size=2,
                            learning_rate=5e-3, use_cpu=True, report_to="none", save_strategy="no", max_length=64,
                            disable_tqdm=True, seed=0, entropy_threshold=0.5)
-    callback = CheckpointEvalCallback(evaluator(tok), eval_steps=2, reasoning_every=2, log=None)
+    callback = CheckpointEvalCallback(evaluator(tok), eval_steps=2, reasoning_every=2, benign_every=3, log=None)
     trainer = SLowEDTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(ROWS), processing_class=tok,
                             peft_config=SLowEDConfig(target_modules="all-linear", slow_factor=1.0, max_drift=0.05),
                             callbacks=[callback])
@@ -75,12 +80,18 @@ def test_callback_evaluates_at_start_every_n_steps_and_at_the_end(setup, tmp_pat
     records = callback.records
     assert [r["step"] for r in records] == [0, 2, 4, 5]
     assert ["acc/sums" in r for r in records] == [True, False, True, True]  # every 2nd checkpoint and the last
+    assert ["false_refusal" in r for r in records] == [True, False, False, True]  # first and last (every 3rd)
     assert records[0]["harmful_kl"] == 0.0 and records[-1]["harmful_kl"] > 0
+    ev = callback.evaluator  # the KL reused the initial model's log-probs cached at step 2: same as recomputing
+    assert ev._kl_cache and records[-1]["harmful_kl"] == pytest.approx(harmful_kl(
+        trainer.model, tok, ev.harmful, responses=ev.initial_responses, batch_size=ev.batch_size), rel=1e-5)
     assert 0 < records[-1]["drift_max"] <= 0.05 * (1 + 1e-6)
     assert records[-1]["cot_nll"] < records[0]["cot_nll"]  # it learns the rationales
     assert trainer.model.training  # evaluation restored train mode
     with pytest.raises(ValueError, match="eval_steps"):
         CheckpointEvalCallback(evaluator(tok), eval_steps=0)
+    with pytest.raises(ValueError, match="benign_every must be an integer >= 1, got 0"):
+        CheckpointEvalCallback(evaluator(tok), eval_steps=2, benign_every=0)
 
 
 def test_callback_can_skip_reasoning_at_the_end(setup, tmp_path):

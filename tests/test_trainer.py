@@ -197,3 +197,31 @@ def test_initial_source_rejects_packing(setup, tmp_path):
     with pytest.raises(ValueError, match="packing / padding_free"):
         SLowEDTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(cot_rows(4)),
                       processing_class=tok, peft_config=peft_cfg())
+
+
+def test_initial_source_annotates_only_rows_max_steps_reads(setup, tmp_path, monkeypatch):
+    """3 steps x 2 rows of 20: only the 6 rows the sampler yields (+2 fetched ahead) are annotated; same training."""
+    model_dir, tok = setup
+
+    def run(out, annotate_all: bool):
+        if annotate_all:
+            monkeypatch.setattr(SLowEDTrainer, "_rows_read", lambda self: None)
+        torch.manual_seed(0)
+        args = SLowEDSFTConfig(output_dir=str(tmp_path / out), max_steps=3, per_device_train_batch_size=2,
+                               entropy_source="initial", entropy_threshold=0.5, **COMMON)
+        trainer = SLowEDTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(cot_rows(20)),
+                                processing_class=tok, peft_config=peft_cfg())
+        annotated = sum(len(e) > 0 for e in trainer.train_dataset["token_entropy"])
+        trainer.train()
+        return annotated, logged(trainer, "loss"), logged(trainer, "lem/masked_fraction")
+
+    subset = run("subset", annotate_all=False)
+    full = run("full", annotate_all=True)
+    assert subset[0] == 8 and full[0] == 20
+    assert subset[1] == pytest.approx(full[1], abs=1e-6) and subset[2] == pytest.approx(full[2], abs=1e-9)
+
+
+def test_collator_refuses_rows_without_entropies():
+    collator = EntropyMaskingCollator(pad_token_id=0, threshold=0.5)
+    with pytest.raises(ValueError, match="was not annotated"):
+        collator([{"input_ids": [1, 2, 3], "labels": [1, 2, 3], "token_entropy": []}])

@@ -68,6 +68,7 @@ class CheckpointEvaluator:
         reasoning_max_new_tokens: int = 160,
         batch_size: int = 16,
         nll_batch_size: int = 8,
+        kl_cache_bytes: int = 2**30,
     ) -> None:
         if not harmful:
             raise ValueError("CheckpointEvaluator needs at least one harmful prompt.")
@@ -78,8 +79,22 @@ class CheckpointEvaluator:
         self.safety_tokens, self.reasoning_tokens = safety_max_new_tokens, reasoning_max_new_tokens
         self.batch_size, self.nll_batch_size = batch_size, nll_batch_size
         self.initial_responses: Optional[list[str]] = None  # the initial model's harmful responses (for the KL)
+        # The initial model's log-probs on those responses, kept across checkpoints (and arms sharing this
+        # evaluator, hence one initial model) when they fit in ``kl_cache_bytes``: the KL then costs one forward.
+        self.kl_cache_bytes = kl_cache_bytes
+        self._kl_cache: Optional[dict[int, torch.Tensor]] = None
+        self._kl_cache_sized = False
 
-    def __call__(self, model, step: int = 0, reasoning: bool = True) -> dict[str, Any]:
+    def _initial_kl_cache(self, model) -> Optional[dict[int, torch.Tensor]]:
+        if not self._kl_cache_sized:
+            tokens = sum(len(self.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in self.initial_responses)
+            vocab = model.get_output_embeddings().weight.shape[0]
+            self._kl_cache = {} if tokens * vocab * 4 <= self.kl_cache_bytes else None
+            self._kl_cache_sized = True
+        return self._kl_cache
+
+    def __call__(self, model, step: int = 0, reasoning: bool = True, benign: bool = True) -> dict[str, Any]:
+        """One checkpoint's record; ``reasoning`` / ``benign`` turn the two slowest generation parts on or off."""
         from peft import PeftModel
 
         from ..tuner.drift import weight_drift
@@ -101,11 +116,12 @@ class CheckpointEvaluator:
             self.initial_responses = rr["responses"]
         is_peft = isinstance(model, PeftModel)
         record["harmful_kl"] = (
-            harmful_kl(model, self.tokenizer, self.harmful, responses=self.initial_responses, **common)
+            harmful_kl(model, self.tokenizer, self.harmful, responses=self.initial_responses,
+                       initial_log_probs=self._initial_kl_cache(model), **common)
             if is_peft and step > 0 else 0.0
         )
         lap("harmful_kl")
-        if self.benign:
+        if benign and self.benign:
             record["false_refusal"] = refusal_ratio(model, self.tokenizer, self.benign, **common)["refusal_ratio"]
             lap("false_refusal")
         if reasoning and self.reasoning:
@@ -130,22 +146,26 @@ class CheckpointEvalCallback(TrainerCallback):
     """Runs a :class:`CheckpointEvaluator` before training and every ``eval_steps`` optimizer steps.
 
     Records accumulate in ``self.records``; ``reasoning_every`` > 1 runs the (slow) reasoning generation only on
-    every n-th checkpoint, and at the last step unless ``reasoning_at_end=False``.
+    every n-th checkpoint, and at the last step unless ``reasoning_at_end=False``; ``benign_every`` does the same
+    for the benign false-refusal check (always at the first and the last checkpoint).
     """
 
     def __init__(self, evaluator: CheckpointEvaluator, eval_steps: int, reasoning_every: int = 1,
-                 reasoning_at_end: bool = True, log=print) -> None:
-        if eval_steps < 1:
-            raise ValueError(f"eval_steps must be >= 1, got {eval_steps}.")
-        self.evaluator, self.eval_steps, self.reasoning_every = evaluator, eval_steps, max(1, reasoning_every)
-        self.reasoning_at_end = reasoning_at_end
+                 reasoning_at_end: bool = True, benign_every: int = 1, log=print) -> None:
+        for name, value in (("eval_steps", eval_steps), ("reasoning_every", reasoning_every),
+                            ("benign_every", benign_every)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+        self.evaluator, self.eval_steps, self.reasoning_every = evaluator, eval_steps, reasoning_every
+        self.reasoning_at_end, self.benign_every = reasoning_at_end, benign_every
         self.records: list[dict[str, Any]] = []
         self.log = log
 
     def _run(self, model, step: int, last: bool) -> None:
         index = step // self.eval_steps
         at_end = last and self.reasoning_at_end
-        record = self.evaluator(model, step, reasoning=at_end or (not last and index % self.reasoning_every == 0))
+        record = self.evaluator(model, step, reasoning=at_end or (not last and index % self.reasoning_every == 0),
+                                benign=last or index % self.benign_every == 0)
         self.records.append(record)
         if self.log is not None:
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, ContextManager, Mapping, Optional, Sequence
+from typing import Any, ContextManager, Mapping, MutableMapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -135,13 +135,16 @@ def harmful_kl(
     batch_size: int = 8,
     use_chat_template: bool = True,
     system_prompt: Optional[str] = None,
+    initial_log_probs: Optional[MutableMapping[int, torch.Tensor]] = None,
 ) -> float:
     """Mean per-token KL(initial || tuned) over the initial model's greedy responses to ``prompts``.
 
     The (chat-templated) prompt plus response is teacher-forced through both models; the KL is taken over the
     response tokens only, in float32, and averaged over all response tokens of all prompts. ``initial_model``
     defaults to ``model`` with its adapter disabled when ``model`` is a peft ``PeftModel``. ``responses`` (text)
-    skips generation. 0 for identical models.
+    skips generation. 0 for identical models. ``initial_log_probs``: a dict the caller keeps between calls with the
+    same initial model, prompts, responses and batch size; the initial model's log-probs are stored in it on the
+    first call and reused after (half the forward passes; ``[response tokens, vocab]`` float32 per batch).
     """
     if responses is not None and len(responses) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses.")
@@ -166,8 +169,18 @@ def harmful_kl(
     with eval_mode(model), eval_mode(init_model):
         for start in range(0, len(order), batch_size):
             batch = [pairs[i] for i in order[start : start + batch_size]]
-            with _initial_context(model, initial_model)[1]:
-                log_p = _response_log_probs(init_model, batch, pad_id)
+            log_p = None if initial_log_probs is None else initial_log_probs.get(start)
+            if log_p is None:
+                with _initial_context(model, initial_model)[1]:
+                    log_p = _response_log_probs(init_model, batch, pad_id)
+                if initial_log_probs is not None:
+                    initial_log_probs[start] = log_p
+            elif log_p.shape[0] != sum(len(r) for _, r in batch):
+                raise ValueError(
+                    f"harmful_kl: initial_log_probs[{start}] holds {log_p.shape[0]} response tokens but this batch has "
+                    f"{sum(len(r) for _, r in batch)}; the cache was filled with other prompts, responses or batch "
+                    "size — pass a new dict."
+                )
             log_q = _response_log_probs(model, batch, pad_id)
             kl = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
             total += float(kl.double().sum())

@@ -81,6 +81,11 @@ class EntropyMaskingCollator(DataCollatorForLanguageModeling):
         out = []
         for i, ex in enumerate(examples):
             ent, n = list(ex[self.entropy_column]), len(ex["input_ids"])
+            if not ent:
+                raise ValueError(
+                    f"EntropyMaskingCollator: example {i} has no entropies in {self.entropy_column!r}: it was not "
+                    "annotated (SLowEDTrainer annotates only the rows max_steps reads; was the sampler changed?)."
+                )
             if len(ent) < n:
                 raise ValueError(
                     f"EntropyMaskingCollator: example {i} has an entropy column of length {len(ent)} but "

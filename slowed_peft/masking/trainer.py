@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Optional
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, Sequence, Value
+from transformers.utils import logging
 from trl import SFTTrainer
 
 from .annotate import ENTROPY_COLUMN, annotate_entropy
@@ -13,6 +15,8 @@ from .callbacks import slowed_metrics
 from .collator import EntropyMaskingCollator, MaskingStats
 from .config import SLowEDSFTConfig
 from .selection import low_entropy_mask
+
+logger = logging.get_logger(__name__)
 
 
 class SLowEDTrainer(SFTTrainer):
@@ -25,7 +29,9 @@ class SLowEDTrainer(SFTTrainer):
       ``#labels / #kept`` just before clipping — exact, because the gradient is linear in the summed loss.
     * ``entropy_source="initial"``: after TRL prepared the dataset (tokenized, labels built, truncated), the model
       as it is at construction (adapters at ΔW = 0, i.e. the initial model) annotates ``token_entropy`` once
-      (cached by ``datasets``) and an :class:`EntropyMaskingCollator` masks per batch.
+      (cached by ``datasets``) and an :class:`EntropyMaskingCollator` masks per batch. When ``max_steps`` ends the
+      run inside its first epoch, only the rows the run's own sampler will read are annotated (the others get an
+      empty entropy list, which the collator refuses with a clear error should they ever be read).
 
     Everything else — PEFT wrapping from ``peft_config`` (e.g. ``SLowEDConfig``), TRL's ``entropy`` /
     ``mean_token_accuracy`` / ``num_tokens`` metrics, saving — is ``SFTTrainer``'s.
@@ -68,8 +74,53 @@ class SLowEDTrainer(SFTTrainer):
         return annotate_entropy(dataset, self.model, batch_size=self.args.per_device_eval_batch_size,
                                 desc="Annotating initial-model entropy")
 
+    def _rows_read(self) -> Optional[list[int]]:
+        """Indices of the training rows this process reads when ``max_steps`` stops within epoch 0, else None.
+
+        The order comes from the trainer's own train dataloader (same sampler, seed and sharding as ``train()``),
+        iterated over batch indices only, with the global RNG state restored afterwards.
+        """
+        args, dataset = self.args, self.train_dataset
+        if args.max_steps is None or args.max_steps <= 0 or not isinstance(dataset, Dataset):
+            return None
+        with torch.random.fork_rng(devices=[]):
+            loader = self.get_train_dataloader()
+            batches = getattr(loader, "batch_sampler", None)
+            if batches is None:
+                return None
+            for obj in (loader, batches, getattr(batches, "batch_sampler", None), getattr(batches, "sampler", None)):
+                if hasattr(obj, "set_epoch"):
+                    obj.set_epoch(0)
+            # accelerate's loader fetches one batch ahead; worker processes prefetch more
+            workers = args.dataloader_num_workers
+            lookahead = 1 + (workers * (args.dataloader_prefetch_factor or 2) if workers > 0 else 0)
+            needed = args.max_steps * args.gradient_accumulation_steps + lookahead
+            if needed >= len(batches):
+                rows = None  # the run reads the whole first epoch (or more)
+            else:
+                rows = sorted({int(i) for _, batch in zip(range(needed), iter(batches)) for i in batch})
+        registered = getattr(self.accelerator, "_dataloaders", None)
+        if isinstance(registered, list) and loader in registered:  # not a loader train() will use
+            registered.remove(loader)
+        return rows
+
+    def _annotate_rows_read(self, dataset):
+        rows = self._rows_read()
+        if rows is None or len(rows) >= len(dataset):
+            return self._annotate(dataset)
+        logger.info(f"entropy_source='initial': annotating the {len(rows)} of {len(dataset)} training rows that "
+                    f"max_steps={self.args.max_steps} reads.")
+        annotated = self._annotate(dataset.select(rows))
+        column: list[list[float]] = [[] for _ in range(len(dataset))]
+        for index, values in zip(rows, annotated[ENTROPY_COLUMN]):
+            column[index] = values
+        fingerprint = hashlib.blake2b(f"{dataset._fingerprint}|{annotated._fingerprint}".encode(),
+                                      digest_size=16).hexdigest()
+        return dataset.add_column(ENTROPY_COLUMN, column, new_fingerprint=fingerprint,
+                                  feature=Sequence(Value("float32")))
+
     def _install_initial_masking(self) -> None:
-        self.train_dataset = self._annotate(self.train_dataset)
+        self.train_dataset = self._annotate_rows_read(self.train_dataset)
         self.eval_dataset = self._annotate(self.eval_dataset)
         collator = EntropyMaskingCollator(
             pad_token_id=self.data_collator.pad_token_id,

@@ -64,8 +64,8 @@ class ReplicateArguments:
     entropy_quantile: Optional[float] = field(default=None, metadata={"help": "q instead of τ."})
     entropy_source: str = field(default="live", metadata={"help": "live | initial (lem/slowed arms)."})
     eval_steps: int = field(default=8, metadata={"help": "Checkpoint evaluation every N steps."})
-    reasoning_every: int = field(default=4, metadata={"help": "SVAMP accuracy on every n-th checkpoint "
-                                                               "(and always at the first and last one)."})
+    reasoning_every: int = field(default=4, metadata={"help": "SVAMP accuracy and benign false refusals on every "
+                                                               "n-th checkpoint (always at the first and last one)."})
     safety_limit: int = field(default=64, metadata={"help": "Held-out AdvBench prompts at checkpoints."})
     reasoning_limit: int = field(default=64, metadata={"help": "SVAMP test problems at checkpoints."})
     final_gsm8k: int = field(default=8, metadata={"help": "GSM8K test problems at the end of each main arm."})
@@ -176,7 +176,7 @@ def train_run(args: ReplicateArguments, student: str, settings: dict, evaluator,
                              max_drift=settings["max_drift"])
     apply_arm_to_training_args(slowed, training_args)
     callback = CheckpointEvalCallback(evaluator, eval_steps=eval_steps, reasoning_every=reasoning_every,
-                                      reasoning_at_end=reasoning_at_end)
+                                      reasoning_at_end=reasoning_at_end, benign_every=reasoning_every)
     callback.records.append(dict(initial))
     trainer = SLowEDTrainer(model=model, args=training_args, processing_class=tokenizer,
                             train_dataset=distillation_rows(args.dataset_name, "train", args.train_limit),
