@@ -221,6 +221,17 @@ def test_initial_source_annotates_only_rows_max_steps_reads(setup, tmp_path, mon
     assert subset[1] == pytest.approx(full[1], abs=1e-6) and subset[2] == pytest.approx(full[2], abs=1e-9)
 
 
+def test_initial_source_annotates_everything_when_the_order_is_not_reproducible(setup, tmp_path):
+    model_dir, tok = setup
+    args = SLowEDSFTConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2,
+                           entropy_source="initial", entropy_threshold=0.5,
+                           train_sampling_strategy="group_by_length", **COMMON)
+    trainer = SLowEDTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(cot_rows(12)),
+                            processing_class=tok, peft_config=peft_cfg())
+    assert all(len(e) > 0 for e in trainer.train_dataset["token_entropy"])  # 4 rows read, 12 annotated
+    trainer.train()
+
+
 def test_collator_refuses_rows_without_entropies():
     collator = EntropyMaskingCollator(pad_token_id=0, threshold=0.5)
     with pytest.raises(ValueError, match="was not annotated"):

@@ -6,7 +6,9 @@ import hashlib
 from typing import Optional
 
 import torch
+from accelerate.data_loader import SeedableRandomSampler
 from datasets import Dataset, Sequence, Value
+from torch.utils.data import SequentialSampler
 from transformers.utils import logging
 from trl import SFTTrainer
 
@@ -85,24 +87,29 @@ class SLowEDTrainer(SFTTrainer):
             return None
         with torch.random.fork_rng(devices=[]):
             loader = self.get_train_dataloader()
-            batches = getattr(loader, "batch_sampler", None)
-            if batches is None:
-                return None
-            for obj in (loader, batches, getattr(batches, "batch_sampler", None), getattr(batches, "sampler", None)):
-                if hasattr(obj, "set_epoch"):
-                    obj.set_epoch(0)
-            # accelerate's loader fetches one batch ahead; worker processes prefetch more
-            workers = args.dataloader_num_workers
-            lookahead = 1 + (workers * (args.dataloader_prefetch_factor or 2) if workers > 0 else 0)
-            needed = args.max_steps * args.gradient_accumulation_steps + lookahead
-            if needed >= len(batches):
-                rows = None  # the run reads the whole first epoch (or more)
-            else:
-                rows = sorted({int(i) for _, batch in zip(range(needed), iter(batches)) for i in batch})
-        registered = getattr(self.accelerator, "_dataloaders", None)
-        if isinstance(registered, list) and loader in registered:  # not a loader train() will use
-            registered.remove(loader)
-        return rows
+            try:
+                return self._first_batches_rows(loader)
+            finally:
+                registered = getattr(self.accelerator, "_dataloaders", None)
+                if isinstance(registered, list) and loader in registered:  # not a loader train() will use
+                    registered.remove(loader)
+
+    def _first_batches_rows(self, loader) -> Optional[list[int]]:
+        args = self.args
+        batches = getattr(loader, "batch_sampler", None)
+        sampler = getattr(getattr(batches, "batch_sampler", batches), "sampler", None)
+        if not isinstance(sampler, (SeedableRandomSampler, SequentialSampler)):
+            return None  # e.g. length-grouped: its order depends on the global RNG at train() time
+        for obj in (loader, batches, getattr(batches, "batch_sampler", None), sampler):
+            if hasattr(obj, "set_epoch"):
+                obj.set_epoch(0)
+        # accelerate's loader fetches one batch ahead; worker processes prefetch more
+        workers = args.dataloader_num_workers
+        lookahead = 1 + (workers * (args.dataloader_prefetch_factor or 2) if workers > 0 else 0)
+        needed = args.max_steps * args.gradient_accumulation_steps + lookahead
+        if needed >= len(batches):
+            return None  # the run reads the whole first epoch (or more)
+        return sorted({int(i) for _, batch in zip(range(needed), iter(batches)) for i in batch})
 
     def _annotate_rows_read(self, dataset):
         rows = self._rows_read()

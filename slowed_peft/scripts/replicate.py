@@ -71,6 +71,8 @@ class ReplicateArguments:
     final_gsm8k: int = field(default=8, metadata={"help": "GSM8K test problems at the end of each main arm."})
     final_bbh: int = field(default=16, metadata={"help": "BBH boolean_expressions problems at the end."})
     nll_limit: int = field(default=32, metadata={"help": "Held-out rationales scored by NLL at checkpoints."})
+    reasoning_max_new_tokens: int = field(default=128, metadata={"help": "Generation length for SVAMP accuracy."})
+    safety_max_new_tokens: int = field(default=32, metadata={"help": "Response length scored for refusals."})
     eval_batch_size: int = field(default=48, metadata={"help": "Generation batch size."})
     seed: int = field(default=0, metadata={"help": "Seed of alignment, data order and training."})
     resume: bool = field(default=True, metadata={"help": "Keep finished runs of a results.json with the same "
@@ -89,10 +91,10 @@ class ReplicateArguments:
         if self.quick:
             self.max_steps, self.sweep_steps, self.eval_steps, self.reasoning_every = 4, 2, 4, 1
             self.train_limit, self.batch_size = 16, 2
-            self.safety_limit, self.reasoning_limit, self.nll_limit = 8, 4, 8
+            self.safety_limit, self.reasoning_limit, self.nll_limit = 8, 4, 4
             self.final_gsm8k, self.final_bbh = 0, 0
             self.align_epochs, self.align_harmful_limit = 1.0, 24
-            self.eval_batch_size = 16
+            self.eval_batch_size, self.reasoning_max_new_tokens, self.safety_max_new_tokens = 16, 32, 16
             if self.sweep_variants is None:
                 self.sweep_variants = list(QUICK_SWEEP)
 
@@ -130,7 +132,8 @@ def make_evaluator(args: ReplicateArguments, tokenizer):
     return CheckpointEvaluator(
         tokenizer, harmful=sets["advbench"][: args.safety_limit], benign=sets["benign"][: args.safety_limit],
         reasoning={"svamp": load_svamp("test", limit=args.reasoning_limit)}, nll_rows=nll_rows,
-        batch_size=args.eval_batch_size, reasoning_max_new_tokens=128,
+        batch_size=args.eval_batch_size, reasoning_max_new_tokens=args.reasoning_max_new_tokens,
+        safety_max_new_tokens=args.safety_max_new_tokens,
     )
 
 
