@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from transformers import TrainerCallback
 
-from .generation import eval_mode, model_device, pad_token_id
+from .generation import eval_mode, logits_from, model_device, pad_token_id
 from .reasoning import evaluate_reasoning
 from .safety import harmful_kl, refusal_ratio
 
@@ -46,8 +46,9 @@ def completion_nll(model, tokenizer, rows: Sequence[Mapping[str, Any]], batch_si
                 ids[i, :n] = torch.tensor(e["input_ids"])
                 attn[i, :n] = 1
                 labels[i, :n] = torch.where(torch.tensor(e["completion_mask"]).bool(), ids[i, :n], -100)
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits[:, :-1].float()
-            target = labels[:, 1:].to(device)
+            first = min(e["completion_mask"].index(1) for e in batch) - 1  # earliest logit that predicts a target
+            logits = logits_from(model, ids.to(device), attn.to(device), max(first, 0))[:, :-1].float()
+            target = labels[:, max(first, 0) + 1 :].to(device)
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="sum")
             total += float(nll)
             count += int((target != -100).sum())

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Iterator, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-__all__ = ["format_prompts", "generate_batched", "generate_ids", "has_chat_template", "model_device"]
+from .decoding import greedy_decode_pruned, supports_pruned_decoding
+
+__all__ = ["format_prompts", "generate_batched", "generate_ids", "has_chat_template", "logits_from", "model_device"]
 
 
 def has_chat_template(tokenizer) -> bool:
@@ -85,6 +88,26 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return ids
 
 
+def logits_from(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, first: int) -> torch.Tensor:
+    """Logits ``[batch, width - first, vocab]`` at positions ``first:`` only.
+
+    Teacher-forced scoring needs logits on the response positions alone; models that take ``logits_to_keep`` skip
+    the LM head (a sixth of a small model's FLOPs, and a ``[batch, width, vocab]`` tensor) on the prompt positions.
+    """
+    width = input_ids.shape[1]
+    if not 0 <= first < width:
+        raise ValueError(f"first must be in [0, {width}), got {first}.")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    forward = getattr(base, "forward", None)
+    try:
+        keeps = forward is not None and "logits_to_keep" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        keeps = False
+    if keeps:
+        return model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=width - first).logits
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, first:]
+
+
 @contextlib.contextmanager
 def eval_mode(model) -> Iterator[None]:
     """Temporarily switch ``model`` to eval mode (dropout off) and restore its previous mode."""
@@ -121,11 +144,14 @@ def generate_ids(
     system_prompt: Optional[str] = None,
     show_progress: bool = True,
     desc: str = "generate",
+    prune_finished: bool = True,
 ) -> list[tuple[list[int], list[int]]]:
     """Greedy generation returning ``(prompt_ids, continuation_ids)`` per prompt, in input order.
 
     The continuation is cut after the first EOS token (which is kept) and carries no padding. Prompts are sorted
-    by length before batching (less padding) and left-padded; the tokenizer is not modified.
+    by length before batching (less padding) and left-padded; the tokenizer is not modified. With
+    ``prune_finished`` (and a model that allows it, see :mod:`~slowed_peft.eval.decoding`) finished rows leave the
+    batch early — same tokens as ``model.generate``, ~30% less time on evaluation sets of mixed answer lengths.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
@@ -142,16 +168,20 @@ def generate_ids(
         bos_token_id=tokenizer.bos_token_id,
     )
     device = model_device(model)
+    pruned = prune_finished and supports_pruned_decoding(model, gen_cfg)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: dict[int, tuple[list[int], list[int]]] = {}
     with eval_mode(model), tqdm(total=len(encoded), desc=desc, disable=not show_progress, leave=False) as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             input_ids, mask = left_pad([encoded[i] for i in idx], pad_id)
-            out = model.generate(
-                input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
-            )
-            new_tokens = out[:, input_ids.shape[1] :].tolist()
+            if pruned:
+                new_tokens = greedy_decode_pruned(model, input_ids.to(device), mask.to(device), max_new_tokens, eos_ids)
+            else:
+                out = model.generate(
+                    input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
+                )
+                new_tokens = out[:, input_ids.shape[1] :].tolist()
             for i, row in zip(idx, new_tokens, strict=True):
                 cut = next((j + 1 for j, tok in enumerate(row) if tok in eos_ids), len(row))
                 results[i] = (encoded[i], row[:cut])

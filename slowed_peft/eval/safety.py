@@ -21,6 +21,7 @@ from .generation import (
     format_prompts,
     generate_batched,
     generate_ids,
+    logits_from,
     model_device,
     uses_template,
 )
@@ -120,8 +121,9 @@ def _response_log_probs(model, batch: Sequence[tuple[list[int], list[int]]], pad
         input_ids[i, : len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
         mask[i, : len(p) + len(r)] = 1
     device = model_device(model)
-    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-    rows = [logits[i, len(p) - 1 : len(p) + len(r) - 1] for i, (p, r) in enumerate(batch)]
+    first = min(len(p) for p, _ in batch) - 1  # no response token is predicted before this position
+    logits = logits_from(model, input_ids.to(device), mask.to(device), first)
+    rows = [logits[i, len(p) - 1 - first : len(p) + len(r) - 1 - first] for i, (p, r) in enumerate(batch)]
     return torch.log_softmax(torch.cat(rows).float(), dim=-1).cpu()
 
 

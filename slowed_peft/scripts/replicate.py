@@ -73,7 +73,7 @@ class ReplicateArguments:
     nll_limit: int = field(default=32, metadata={"help": "Held-out rationales scored by NLL at checkpoints."})
     reasoning_max_new_tokens: int = field(default=128, metadata={"help": "Generation length for SVAMP accuracy."})
     safety_max_new_tokens: int = field(default=32, metadata={"help": "Response length scored for refusals."})
-    eval_batch_size: int = field(default=48, metadata={"help": "Generation batch size."})
+    eval_batch_size: int = field(default=64, metadata={"help": "Generation batch size."})
     seed: int = field(default=0, metadata={"help": "Seed of alignment, data order and training."})
     resume: bool = field(default=True, metadata={"help": "Keep finished runs of a results.json with the same "
                                                          "arguments in output_dir and only run the rest."})
