@@ -1,0 +1,71 @@
+"""Evaluation decoding: pruned greedy decoding (finished rows leave the batch) vs ``model.generate``.
+
+    python benchmarks/bench_decoding.py                           # embedded SmolLM2-135M-Instruct
+    python benchmarks/bench_decoding.py --model PATH              # e.g. the aligned student of recipes/replicate.py
+
+Both arms decode the same prompts in one batch, alternating in one process (medians of ``--repeats`` rounds); the
+table reports pruned / generate time and whether every continuation is token-for-token identical. Sets: held-out
+AdvBench behaviours (32 new tokens, as the refusal checks) and SVAMP test problems (128 new tokens, as the
+checkpoint accuracy). Needs the data folder (``SLOWED_DATA_DIR`` or ``../shared/data``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import alternate, machine, median, write_json  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--prompts", type=int, default=64, help="prompts per set (one batch)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default="benchmarks/results/decoding.json")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from slowed_peft.eval.generation import generate_ids
+    from slowed_peft.eval.tasks import load_svamp
+    from slowed_peft.models import load_model
+    from slowed_peft.scripts.align import AlignArguments, held_out_sets
+
+    torch.manual_seed(0)
+    model, tokenizer = load_model(args.model)
+    model.eval()
+    sets = {
+        "advbench held-out, 32 tokens": (held_out_sets(AlignArguments())["advbench"][: args.prompts], 32),
+        "svamp test, 128 tokens": ([e.prompt for e in load_svamp("test", limit=args.prompts)], 128),
+    }
+    rows = []
+    for name, (prompts, max_new) in sets.items():
+        outputs: dict[str, list] = {}
+
+        def run(prune: bool, key: str):
+            def step() -> None:
+                outputs[key] = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new,
+                                            batch_size=len(prompts), show_progress=False, prune_finished=prune)
+            return step
+
+        times = alternate({"generate": run(False, "generate"), "pruned": run(True, "pruned")},
+                          repeats=args.repeats, warmup=0)
+        med = {k: median(v) for k, v in times.items()}
+        lengths = sorted(len(c) for _, c in outputs["pruned"])
+        rows.append({"set": name, "prompts": len(prompts), "median_s": med, "pruned / generate": med["pruned"] /
+                     med["generate"], "identical": outputs["pruned"] == outputs["generate"],
+                     "continuation_tokens": {"min": lengths[0], "median": lengths[len(lengths) // 2],
+                                             "max": lengths[-1]}})
+        r = rows[-1]
+        print(f"{name:<32} generate {med['generate']:6.1f} s  pruned {med['pruned']:6.1f} s  "
+              f"ratio {r['pruned / generate']:.2f}  identical {r['identical']}  lengths {r['continuation_tokens']}",
+              flush=True)
+    write_json(args.out, {"machine": machine(), "model": args.model, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
