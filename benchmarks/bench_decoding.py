@@ -46,7 +46,7 @@ def main() -> None:
     for name, (prompts, max_new) in sets.items():
         outputs: dict[str, list] = {}
 
-        def run(prune: bool, key: str):
+        def run(prune: bool, key: str, prompts=prompts, max_new=max_new, outputs=outputs):
             def step() -> None:
                 outputs[key] = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new,
                                             batch_size=len(prompts), show_progress=False, prune_finished=prune)

@@ -6,12 +6,11 @@ import copy
 
 import pytest
 import torch
+from conftest import VOCAB, build_char_tokenizer
 from transformers import GenerationConfig
 
 from slowed_peft.eval.decoding import greedy_decode_pruned, supports_pruned_decoding
 from slowed_peft.eval.generation import generate_ids, left_pad
-
-from conftest import VOCAB, build_char_tokenizer
 
 MAX_NEW = 12
 

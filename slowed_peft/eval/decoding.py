@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, GenerationConfig
 
-__all__ = ["greedy_decode_pruned", "supports_pruned_decoding"]
+__all__ = ["forward_parameters", "greedy_decode_pruned", "supports_pruned_decoding"]
 
 # Generation-config fields that would add a logits processor to greedy ``generate``, with their neutral values.
 # A model whose own generation config sets any of them (e.g. a repetition penalty) is decoded by ``generate``.
@@ -49,6 +49,15 @@ def _base(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def forward_parameters(model) -> frozenset[str]:
+    """Names the forward of ``model`` (of its base model, for a ``PeftModel``) accepts; empty if unknown."""
+    forward = getattr(_base(model), "forward", None)
+    try:
+        return frozenset(inspect.signature(forward).parameters) if forward is not None else frozenset()
+    except (TypeError, ValueError):
+        return frozenset()
+
+
 def supports_pruned_decoding(model, generation_config: GenerationConfig) -> bool:
     """Whether :func:`greedy_decode_pruned` reproduces ``model.generate(generation_config=...)`` for ``model``.
 
@@ -57,14 +66,9 @@ def supports_pruned_decoding(model, generation_config: GenerationConfig) -> bool
     """
     base = _base(model)
     config = getattr(base, "config", None)
-    forward = getattr(base, "forward", None)
-    if config is None or forward is None or getattr(config, "is_encoder_decoder", False):
+    if config is None or getattr(config, "is_encoder_decoder", False):
         return False
-    try:
-        params = inspect.signature(forward).parameters
-    except (TypeError, ValueError):
-        return False
-    if not {"cache", "position_ids", "attention_mask"} <= set(params):
+    if not {"cache", "position_ids", "attention_mask"} <= forward_parameters(model):
         return False
     merged = copy.deepcopy(generation_config)
     own = getattr(base, "generation_config", None)
@@ -85,7 +89,7 @@ def greedy_decode_pruned(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
     base = _base(model)
-    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(model) else {}
     rows = input_ids.shape[0]
     position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
     cache = DynamicCache(config=base.config)

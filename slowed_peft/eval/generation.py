@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 from typing import Iterator, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from .decoding import greedy_decode_pruned, supports_pruned_decoding
+from .decoding import forward_parameters, greedy_decode_pruned, supports_pruned_decoding
 
 __all__ = ["format_prompts", "generate_batched", "generate_ids", "has_chat_template", "logits_from", "model_device"]
 
@@ -97,13 +96,7 @@ def logits_from(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, fi
     width = input_ids.shape[1]
     if not 0 <= first < width:
         raise ValueError(f"first must be in [0, {width}), got {first}.")
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    forward = getattr(base, "forward", None)
-    try:
-        keeps = forward is not None and "logits_to_keep" in inspect.signature(forward).parameters
-    except (TypeError, ValueError):
-        keeps = False
-    if keeps:
+    if "logits_to_keep" in forward_parameters(model):
         return model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=width - first).logits
     return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, first:]
 
@@ -151,7 +144,7 @@ def generate_ids(
     The continuation is cut after the first EOS token (which is kept) and carries no padding. Prompts are sorted
     by length before batching (less padding) and left-padded; the tokenizer is not modified. With
     ``prune_finished`` (and a model that allows it, see :mod:`~slowed_peft.eval.decoding`) finished rows leave the
-    batch early — same tokens as ``model.generate``, ~30% less time on evaluation sets of mixed answer lengths.
+    batch early — same tokens as ``model.generate``; 0.74× its time on 64 SVAMP problems (docs/performance.md).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
