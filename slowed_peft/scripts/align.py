@@ -145,6 +145,7 @@ def align_student(args: AlignArguments) -> tuple[str, dict]:
         per_device_train_batch_size=args.batch_size, lr_scheduler_type="cosine", warmup_steps=0.1,
         logging_steps=5, save_strategy="no", report_to="none", seed=args.seed, max_length=384,
         use_cpu=not torch.cuda.is_available(), bf16=False, disable_tqdm=False,
+        gradient_checkpointing=False,  # same gradients without recomputing each forward (TRL's default is True)
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=train.remove_columns("kind"),
                          processing_class=tokenizer)
@@ -178,6 +179,9 @@ def format_report(report: dict) -> str:
 def run(argv: Optional[Sequence[str]] = None) -> tuple[str, dict]:
     from trl import TrlParser
 
+    from ..utils.allocator import keep_freed_memory
+
+    keep_freed_memory()
     (args,) = TrlParser((AlignArguments,)).parse_args_and_config(args=argv)
     path, report = align_student(args)
     print(format_report(report) + f"\naligned student: {path}")

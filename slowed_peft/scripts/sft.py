@@ -96,6 +96,9 @@ def main(
 
 
 def run(argv: Optional[Sequence[str]] = None) -> SLowEDTrainer:
+    from ..utils.allocator import keep_freed_memory
+
+    keep_freed_memory()  # CPU steps stop page-faulting (slowed_peft/utils/allocator.py)
     parser = make_parser()
     script_args, training_args, model_args, slowed_args, _ = parser.parse_args_and_config(
         args=argv, return_remaining_strings=True
