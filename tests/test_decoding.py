@@ -115,3 +115,68 @@ def test_logits_from_equals_sliced_full_logits(tiny_model):
     width = ids.shape[1]
     with pytest.raises(ValueError, match=rf"first must be in \[0, {width}\), got {width}"):
         logits_from(model, ids, mask, width)
+
+
+# ------------------------------------------------------------------------------------------- shared prefix
+
+
+def _shared_prefix_batch(prefix_len: int = 10, seed: int = 7) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(3, VOCAB, (prefix_len,), generator=g).tolist()
+    return [prefix + torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (1, 4, 7, 2, 5, 3)]
+
+
+def test_common_prefix_length_and_prefix_pad():
+    from slowed_peft.eval.decoding import common_prefix_length, prefix_pad
+
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # each row keeps a token after the prefix
+    assert common_prefix_length([[1, 2, 3]]) == 0 and common_prefix_length([[5, 1], [6, 1]]) == 0
+    ids, mask = prefix_pad([[7, 8, 1], [7, 8, 2, 3, 4]], pad_id=0, prefix=2)
+    assert ids.tolist() == [[7, 8, 0, 0, 1], [7, 8, 2, 3, 4]]
+    assert mask.tolist() == [[1, 1, 0, 0, 1], [1, 1, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_shared_prefix_prefilled_once_same_tokens(family, tmp_path):
+    """The shared prefix runs once with batch 1 and the continuations equal generate's on the left-padded batch."""
+    from conftest import build_tiny
+
+    from slowed_peft.eval.decoding import common_prefix_length, prefix_pad
+
+    model = build_tiny(family, tmp_path / family)
+    batch = _shared_prefix_batch()
+    prefix = common_prefix_length(batch)
+    assert prefix == 10
+    left_ids, left_mask = left_pad(batch, pad_id=0)
+    eos = _staggered_eos(model, left_ids, left_mask)
+    reference = _reference(model, left_ids, left_mask, eos)
+    ids, mask = prefix_pad(batch, 0, prefix)
+    widths: list[tuple[int, int]] = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, a, out: widths.append(tuple(a[0].shape)))
+    try:
+        got = greedy_decode_pruned(model, ids, mask, MAX_NEW, eos, shared_prefix=prefix)
+    finally:
+        hook.remove()
+    assert got == reference
+    assert widths[0] == (1, prefix) and widths[1] == (len(batch), ids.shape[1] - prefix)
+
+
+def test_shared_prefix_rejects_rows_that_differ(tiny_llama):
+    ids, mask = left_pad(_shared_prefix_batch(), pad_id=0)  # left padding: the first tokens are padding
+    with pytest.raises(ValueError, match="shared_prefix=10: the first 10 tokens differ"):
+        greedy_decode_pruned(tiny_llama[0], ids, mask, 4, [1], shared_prefix=10)
+    with pytest.raises(ValueError, match="shared_prefix must be >= 0, got -1"):
+        greedy_decode_pruned(tiny_llama[0], ids, mask, 4, [1], shared_prefix=-1)
+
+
+def test_generate_ids_same_tokens_with_and_without_prefix_sharing(tiny_model):
+    """Chat-template-like shared prefix (>= 8 tokens): every family gives the same tokens either way."""
+    model, _ = tiny_model
+    tok = build_char_tokenizer()
+    system = "Be careful. "
+    prompts = [system + p for p in ("Hi", "Bake bread?", "x", "A joke on cats.", "ok")]
+    shared = generate_ids(model, tok, prompts, max_new_tokens=10, batch_size=5, show_progress=False)
+    plain = generate_ids(model, tok, prompts, max_new_tokens=10, batch_size=5, show_progress=False,
+                         share_prefix=False)
+    assert shared == plain

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from transformers import DynamicCache, GenerationConfig
 
-__all__ = ["forward_parameters", "greedy_decode_pruned", "supports_pruned_decoding"]
+__all__ = ["common_prefix_length", "forward_parameters", "greedy_decode_pruned", "prefix_pad",
+           "supports_pruned_decoding"]
+
+MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth a separate forward
 
 # Generation-config fields that would add a logits processor to greedy ``generate``, with their neutral values.
 # A model whose own generation config sets any of them (e.g. a repetition penalty) is decoded by ``generate``.
@@ -77,24 +80,81 @@ def supports_pruned_decoding(model, generation_config: GenerationConfig) -> bool
     return all(getattr(merged, key, None) in neutral for key, neutral in _NEUTRAL.items())
 
 
+def common_prefix_length(batch: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix shared by every sequence of ``batch``, leaving each at least one token after it."""
+    if len(batch) < 2:
+        return 0
+    limit = min(len(ids) for ids in batch) - 1
+    first = batch[0]
+    n = 0
+    while n < limit and all(ids[n] == first[n] for ids in batch):
+        n += 1
+    return max(n, 0)
+
+
+def prefix_pad(batch: Sequence[Sequence[int]], pad_id: int, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` laid out as ``shared prefix | padding | own suffix`` per row.
+
+    Padding sits between the first ``prefix`` tokens (identical in every row) and the rest, so the prefix can be
+    prefilled once for the whole batch (:func:`greedy_decode_pruned` with ``shared_prefix=prefix``).
+    """
+    width = prefix + max(len(ids) - prefix for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, ids in enumerate(batch):
+        input_ids[i, :prefix] = torch.tensor(ids[:prefix], dtype=torch.long)
+        mask[i, :prefix] = 1
+        if len(ids) > prefix:
+            input_ids[i, width - len(ids) + prefix :] = torch.tensor(ids[prefix:], dtype=torch.long)
+            mask[i, width - len(ids) + prefix :] = 1
+    return input_ids, mask
+
+
+def _prefill(model, input_ids, attention_mask, position_ids, cache, shared_prefix: int, keep_last: dict):
+    """Prefill the cache; a ``shared_prefix`` is run once with batch 1 and its cache repeated for every row."""
+    rows = input_ids.shape[0]
+    if shared_prefix:
+        if not bool((input_ids[:, :shared_prefix] == input_ids[:1, :shared_prefix]).all()) or not bool(
+            attention_mask[:, :shared_prefix].all()
+        ):
+            raise ValueError(f"shared_prefix={shared_prefix}: the first {shared_prefix} tokens differ between rows "
+                             "or are padding; lay the batch out with prefix_pad.")
+        if shared_prefix >= input_ids.shape[1]:
+            raise ValueError(f"shared_prefix={shared_prefix} leaves no suffix in a batch of width {input_ids.shape[1]}.")
+        head = slice(0, shared_prefix)
+        model(input_ids=input_ids[:1, head], attention_mask=attention_mask[:1, head],
+              position_ids=position_ids[:1, head], cache=cache, use_cache=True, **keep_last)
+        cache.batch_repeat_interleave(rows)
+    return model(input_ids=input_ids[:, shared_prefix:], attention_mask=attention_mask,
+                 position_ids=position_ids[:, shared_prefix:], cache=cache, use_cache=True, **keep_last).logits
+
+
 @torch.no_grad()
 def greedy_decode_pruned(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, eos_token_ids: list[int]
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_ids: list[int],
+    shared_prefix: int = 0,
 ) -> list[list[int]]:
     """Greedy continuations of left-padded ``input_ids`` (each cut after its first EOS, which is kept).
 
     Rows leave the batch, and the KV cache, as soon as they emit an EOS token, so later steps only compute the rows
-    still running. Position ids follow ``generate``'s rule for left padding (cumulative attention mask).
+    still running. Position ids follow ``generate``'s rule for left padding (cumulative attention mask), so padding
+    may also sit in the middle: with ``shared_prefix=n`` (a batch laid out by :func:`prefix_pad`) the first ``n``
+    tokens, the same in every row (a system prompt, few-shot examples), are prefilled once instead of once per row.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    if shared_prefix < 0:
+        raise ValueError(f"shared_prefix must be >= 0, got {shared_prefix}.")
     base = _base(model)
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(model) else {}
     rows = input_ids.shape[0]
     position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
     cache = DynamicCache(config=base.config)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
-                   use_cache=True, **keep_last).logits
+    logits = _prefill(model, input_ids, attention_mask, position_ids, cache, shared_prefix, keep_last)
     eos = torch.tensor(eos_token_ids, dtype=torch.long, device=input_ids.device)
     alive = torch.arange(rows, device=input_ids.device)
     last_position = position_ids[:, -1:]

@@ -9,7 +9,14 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from .decoding import forward_parameters, greedy_decode_pruned, supports_pruned_decoding
+from .decoding import (
+    MIN_SHARED_PREFIX,
+    common_prefix_length,
+    forward_parameters,
+    greedy_decode_pruned,
+    prefix_pad,
+    supports_pruned_decoding,
+)
 
 __all__ = ["format_prompts", "generate_batched", "generate_ids", "has_chat_template", "logits_from", "model_device"]
 
@@ -138,13 +145,16 @@ def generate_ids(
     show_progress: bool = True,
     desc: str = "generate",
     prune_finished: bool = True,
+    share_prefix: bool = True,
 ) -> list[tuple[list[int], list[int]]]:
     """Greedy generation returning ``(prompt_ids, continuation_ids)`` per prompt, in input order.
 
     The continuation is cut after the first EOS token (which is kept) and carries no padding. Prompts are sorted
     by length before batching (less padding) and left-padded; the tokenizer is not modified. With
     ``prune_finished`` (and a model that allows it, see :mod:`~slowed_peft.eval.decoding`) finished rows leave the
-    batch early — same tokens as ``model.generate``; 0.74× its time on 64 SVAMP problems (docs/performance.md).
+    batch early — same tokens as ``model.generate``; 0.74× its time on 64 SVAMP problems (docs/performance.md) —
+    and, with ``share_prefix``, the token prefix common to a whole batch (chat system prompt, few-shot examples) is
+    prefilled once (mathematically the same logits; greedy tokens checked equal in ``benchmarks/bench_decoding.py``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
@@ -167,9 +177,16 @@ def generate_ids(
     with eval_mode(model), tqdm(total=len(encoded), desc=desc, disable=not show_progress, leave=False) as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            input_ids, mask = left_pad([encoded[i] for i in idx], pad_id)
+            batch = [encoded[i] for i in idx]
+            prefix = common_prefix_length(batch) if pruned and share_prefix else 0
+            if prefix >= MIN_SHARED_PREFIX:
+                input_ids, mask = prefix_pad(batch, pad_id, prefix)
+            else:
+                prefix = 0
+                input_ids, mask = left_pad(batch, pad_id)
             if pruned:
-                new_tokens = greedy_decode_pruned(model, input_ids.to(device), mask.to(device), max_new_tokens, eos_ids)
+                new_tokens = greedy_decode_pruned(model, input_ids.to(device), mask.to(device), max_new_tokens, eos_ids,
+                                                  shared_prefix=prefix)
             else:
                 out = model.generate(
                     input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
