@@ -83,6 +83,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     script_args, training_args, model_args, slowed_args, _ = make_parser().parse_args_and_config(
         args=train_argv, return_remaining_strings=True
     )
+    if training_args.max_steps > 0 and training_args.logging_steps > training_args.max_steps:
+        training_args.logging_steps = 1  # a short run still logs the steps its training curves are drawn from
     eval_args = EvalArguments(model_name_or_path=model_args.model_name_or_path, tasks=["demo"],
                               safety_sets=["probes", "benign"], limit=args.eval_limit, batch_size=8,
                               max_new_tokens=args.max_new_tokens)

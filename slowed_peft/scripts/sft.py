@@ -86,8 +86,10 @@ def main(
     with open(os.path.join(training_args.output_dir, "log_history.json"), "w") as f:
         json.dump({"arm": slowed_args.arm, "log_history": history}, f, indent=2)
     if trainer.is_world_process_zero():
-        plot_training(history, os.path.join(training_args.output_dir, "training_curves.png"),
-                      title=f"{slowed_args.arm}: {model_args.model_name_or_path}")
+        if plot_training(history, os.path.join(training_args.output_dir, "training_curves.png"),
+                         title=f"{slowed_args.arm}: {model_args.model_name_or_path}") is None:
+            logger.warning(f"No step was logged (logging_steps={training_args.logging_steps}, "
+                           f"global_step={trainer.state.global_step}); training_curves.png was not written.")
     if push:
         if not hub_id:
             raise ValueError("--push_to_hub needs --hub_model_id (the repo to push the adapter to).")
