@@ -89,7 +89,7 @@ def common_prefix_length(batch: Sequence[Sequence[int]]) -> int:
     n = 0
     while n < limit and all(ids[n] == first[n] for ids in batch):
         n += 1
-    return max(n, 0)
+    return n
 
 
 def prefix_pad(batch: Sequence[Sequence[int]], pad_id: int, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -179,11 +179,8 @@ def generate_ids(
             idx = order[start : start + batch_size]
             batch = [encoded[i] for i in idx]
             prefix = common_prefix_length(batch) if pruned and share_prefix else 0
-            if prefix >= MIN_SHARED_PREFIX:
-                input_ids, mask = prefix_pad(batch, pad_id, prefix)
-            else:
-                prefix = 0
-                input_ids, mask = left_pad(batch, pad_id)
+            prefix = prefix if prefix >= MIN_SHARED_PREFIX else 0
+            input_ids, mask = prefix_pad(batch, pad_id, prefix) if prefix else left_pad(batch, pad_id)
             if pruned:
                 new_tokens = greedy_decode_pruned(model, input_ids.to(device), mask.to(device), max_new_tokens, eos_ids,
                                                   shared_prefix=prefix)
