@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_char_tokenizer, build_tiny
+from testing_utils import build_char_tokenizer, build_tiny
 from datasets import Dataset
 from peft import get_peft_model
 

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import VOCAB, build_char_tokenizer
+from testing_utils import VOCAB, build_char_tokenizer
 from transformers import GenerationConfig
 
 from slowed_peft.eval.decoding import greedy_decode_pruned, supports_pruned_decoding
@@ -36,7 +36,7 @@ def _staggered_eos(model, ids, mask) -> list[int]:
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_pruned_equals_generate_and_drops_rows(family, tmp_path):
-    from conftest import build_tiny
+    from testing_utils import build_tiny
 
     model = build_tiny(family, tmp_path / family)
     ids, mask = _prompts()
@@ -140,7 +140,7 @@ def test_common_prefix_length_and_prefix_pad():
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_shared_prefix_prefilled_once_same_tokens(family, tmp_path):
     """The shared prefix runs once with batch 1 and the continuations equal generate's on the left-padded batch."""
-    from conftest import build_tiny
+    from testing_utils import build_tiny
 
     from slowed_peft.eval.decoding import common_prefix_length, prefix_pad
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import build_char_tokenizer, build_tiny
+from testing_utils import build_char_tokenizer, build_tiny
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]

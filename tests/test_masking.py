@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import build_char_tokenizer
+from testing_utils import build_char_tokenizer
 from datasets import Dataset, load_dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_char_tokenizer, build_tiny
+from testing_utils import build_char_tokenizer, build_tiny
 from transformers import LlamaForCausalLM
 
 from slowed_peft import models

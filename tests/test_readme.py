@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import torch
-from conftest import build_tiny
+from testing_utils import build_tiny
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import build_char_tokenizer, build_tiny
+from testing_utils import build_char_tokenizer, build_tiny
 
 import slowed_peft
 from slowed_peft.scripts.arguments import SLowEDArguments, peft_config_for_arm

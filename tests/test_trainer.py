@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import build_char_tokenizer, build_tiny
+from testing_utils import build_char_tokenizer, build_tiny
 from datasets import Dataset
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, TrainerCallback

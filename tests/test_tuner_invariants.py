@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import VOCAB, batch
+from testing_utils import VOCAB, batch
 from peft import get_peft_model
 from transformers.pytorch_utils import Conv1D
 

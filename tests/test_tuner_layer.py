@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import batch
+from testing_utils import batch
 from peft import get_peft_model
 from transformers.pytorch_utils import Conv1D
 

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import batch, build_tiny
+from testing_utils import batch, build_tiny
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils.peft_types import PeftType
 from safetensors.torch import load_file

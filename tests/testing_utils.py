@@ -1,0 +1,70 @@
+"""Helpers shared by the tests: tiny models of the paper's families (plus GPT-2's Conv1D) built from configs, a
+character-level tokenizer with a chat template, and random token batches. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    BloomConfig,
+    GPT2Config,
+    LlamaConfig,
+    Qwen2Config,
+)
+
+VOCAB = 96
+
+
+def tiny_config(family: str):
+    """A 2-layer, 32-wide config of the given family (Qwen2 and Llama use GQA; BLOOM fused qkv; GPT-2 Conv1D)."""
+    if family == "llama":
+        return LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    if family == "qwen2":
+        return Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    if family == "bloom":
+        return BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4)
+    if family == "gpt2":
+        return GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    raise ValueError(family)
+
+
+FAMILIES = ["llama", "qwen2", "bloom", "gpt2"]
+
+
+def build_tiny(family: str, path, seed: int = 0):
+    """Build, save and reload a tiny model so it has a real ``name_or_path`` (AutoPeftModel needs one)."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family))
+    model.save_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def batch(seed: int = 1, bs: int = 2, seq: int = 12) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, (bs, seq), generator=g)
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% if m['role'] == 'assistant' %}</s>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def build_char_tokenizer(path=None):
+    """A character-level fast tokenizer with ``VOCAB`` ids (3 specials + printable ASCII), saved to ``path``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(c) for c in range(32, 32 + VOCAB - 3)]
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    fast.chat_template = CHAT_TEMPLATE
+    if path is not None:
+        fast.save_pretrained(path)
+    return fast
+
+
