@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.path.isdir(_d := f"{os.path.dirname(__file__)}/../../shared/data") and os.environ.setdefault("SLOWED_DATA_DIR", _d)
 
 import pytest  # noqa: E402
 from testing_utils import FAMILIES, build_char_tokenizer, build_tiny  # noqa: E402

@@ -13,6 +13,7 @@ from datasets import Dataset  # noqa: E402
 
 from slowed_peft.data import (  # noqa: E402
     answer_line,
+    canonical_answer,
     demo_cot_dataset,
     eval_arithmetic,
     extract_answer,
@@ -28,6 +29,7 @@ from slowed_peft.data import (  # noqa: E402
     to_conversational,
     to_prompt_completion,
 )
+from slowed_peft.data.answers import final_answer_segment, normalize_answer  # noqa: E402
 from slowed_peft.utils.paths import data_dir  # noqa: E402
 
 
@@ -69,6 +71,74 @@ def test_to_prompt_completion_format_and_existing_answer_sentence():
     assert extract_answer("blah\nSo the answer is 3.5.") == "3.5"
     assert extract_answer("So the answer is (A).\nSo the answer is (B).") == "(B)"
     assert extract_answer("no final line") is None
+
+
+ANSWERS = ["5", "3.5", "-219", "(A)", "True", "no", "] ) >", "apple banana cherry", "Monsters, Inc", 'the "red" one']
+
+
+@pytest.mark.parametrize("answer", ANSWERS)
+def test_answer_line_round_trips_through_both_parsers(answer):
+    """What the data writes, the data parser reads back verbatim and the eval parser reads back as the same key."""
+    completion = to_prompt_completion("Q?", "Some steps. 1 + 1 = 2.", answer)["completion"]
+    assert extract_answer(completion) == canonical_answer(answer) == answer
+    assert normalize_answer(final_answer_segment(completion)) == normalize_answer(answer)
+
+
+def test_answer_normalisations_differ_by_job():
+    assert canonical_answer("  (A).  ") == "(A)" and canonical_answer("Yes\n no") == "Yes no"  # text: case kept
+    assert canonical_answer(7) == "7" and canonical_answer(3.5) == "3.5"
+    with pytest.raises(ValueError, match=r"Empty answer: ' \. '"):
+        canonical_answer(" . ")
+    assert normalize_answer("(A)") == "a" and normalize_answer("**Yes**.") == "yes"  # comparison key
+    assert normalize_answer("\u22124") == "-4" and final_answer_segment("So the answer is \u22124.") == "-4"
+    assert final_answer_segment("The answer is 4.\nQuestion: and now?\nThe answer is 9.") == "4"  # run-on cut
+    assert final_answer_segment("no cue here") is None
+
+
+def test_one_answers_module_behind_both_namespaces():
+    import slowed_peft.eval as ev
+    from slowed_peft.data import answers
+
+    assert ev.normalize_answer is answers.normalize_answer and ev.final_answer_segment is answers.final_answer_segment
+    assert ev.eval_equation is answers.eval_arithmetic is eval_arithmetic
+    assert eval_arithmetic("-( 2.0 * ( 3 + 4 ) ) / 4") == -3.5
+    for bad in ("1 / 0", "2 ** 3", "True + 1", "x + 1", "1 +"):
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            eval_arithmetic(bad)
+
+
+def test_data_never_imports_eval_and_has_no_import_cycle():
+    """Layering tuner < masking < data < eval < scripts, and the modules inside data/ import each other one way."""
+    import ast
+    import pathlib
+
+    import slowed_peft.data as data
+
+    folder = pathlib.Path(data.__file__).parent
+    edges = {}
+    for file in folder.glob("*.py"):
+        tree = ast.parse(file.read_text(encoding="utf-8"))
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                assert not (node.level >= 2 and module.split(".")[0] in ("eval", "scripts")), (file.name, module)
+                assert not module.startswith(("slowed_peft.eval", "slowed_peft.scripts")), (file.name, module)
+                if node.level == 1 and module:
+                    imported.add(module.split(".")[0])
+        edges[file.stem] = imported
+    done: set = set()
+
+    def visit(name, path):
+        assert name not in path, f"import cycle {path + [name]}"
+        if name not in done:
+            for dep in edges.get(name, ()):
+                visit(dep, path + [name])
+            done.add(name)
+
+    for name in edges:
+        visit(name, [])
+    assert "hub" not in edges and "tables" in edges  # renamed: it loads tables, it does not push to the Hub
 
 
 def test_conversational_structure():
@@ -149,6 +219,59 @@ def test_default_data_dir_used_when_path_is_none(tmp_path, monkeypatch):
     write_jsonl(tmp_path / "gsm8k" / "test.jsonl", GSM8K_ROWS[:1])
     monkeypatch.setenv("SLOWED_DATA_DIR", str(tmp_path))
     assert load_cot_dataset("gsm8k", split="test")["answer"] == ["7"]
+
+
+def test_package_reads_no_folder_it_was_not_given(tmp_path, monkeypatch):
+    """Only explicit paths or $SLOWED_DATA_DIR: a ../shared/data next to the working directory is not looked at."""
+    write_jsonl(tmp_path / "shared" / "data" / "gsm8k" / "test.jsonl", GSM8K_ROWS)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.delenv("SLOWED_DATA_DIR", raising=False)
+    assert data_dir() is None
+    from slowed_peft.eval import load_gsm8k as eval_gsm8k
+
+    for load in (lambda: data_dir(required=True), lambda: load_cot_dataset("gsm8k"), lambda: eval_gsm8k()):
+        with pytest.raises(ValueError, match="SLOWED_DATA_DIR") as err:
+            load()
+        assert "shared" not in str(err.value) and "../" not in str(err.value)  # no pointer to repository files
+    monkeypatch.setenv("SLOWED_DATA_DIR", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="missing' is not a directory"):
+        data_dir()
+
+
+def test_training_and_evaluation_loaders_read_the_same_rows(tmp_path):
+    """The data loaders and the eval loaders of the same names share one reader per file: same questions/answers."""
+    from slowed_peft.eval import load_bbh as eval_bbh
+    from slowed_peft.eval import load_gsm8k as eval_gsm8k
+    from slowed_peft.eval import load_svamp as eval_svamp
+    from slowed_peft.eval.tasks import numeric_prompt
+
+    write_jsonl(tmp_path / "gsm8k" / "test.jsonl", GSM8K_ROWS)
+    train = load_gsm8k(tmp_path / "gsm8k", split="test")
+    scored = eval_gsm8k("test", data_dir=tmp_path)
+    assert [e.answer for e in scored] == train["answer"] == ["7", "1000"]
+    assert [e.prompt for e in scored] == [numeric_prompt(r["question"]) for r in GSM8K_ROWS]
+    assert [e.answer for e in eval_gsm8k("test", data_dir=tmp_path, limit=1)] == load_gsm8k(
+        tmp_path / "gsm8k", split="test", limit=1)["answer"]  # fmt: skip
+
+    make_svamp(tmp_path / "distill_step_by_step" / "svamp")
+    train = load_svamp(tmp_path / "distill_step_by_step" / "svamp", keep_unparsed=True)
+    scored = eval_svamp("train", data_dir=tmp_path)
+    assert [e.answer for e in scored] == train["answer"] == ["3", "3", "3.5", "9"]
+    assert [e.meta["equation"] for e in scored][0] == "( 12.0 / 4.0 )"
+    assert [e.prompt for e in scored] == [numeric_prompt(p[len("Question: "):-len("\nAnswer:")])
+                                          for p in train["prompt"]]  # fmt: skip
+
+    write_json(tmp_path / "bbh" / "bbh" / "boolean_expressions.json",
+               {"examples": [{"input": "not True is", "target": "False"}]})  # fmt: skip
+    (tmp_path / "bbh" / "cot-prompts").mkdir(parents=True)
+    (tmp_path / "bbh" / "cot-prompts" / "boolean_expressions.txt").write_text(BBH_PROMPT, encoding="utf-8")
+    prompt = eval_bbh("boolean_expressions", tmp_path)[0].prompt
+    assert prompt.startswith("Decide whether a made-up statement holds.\n\nQ: ") and "FIXTURE HEADER" not in prompt
+    exemplars = parse_bbh_prompt(BBH_PROMPT, include_description=False)
+    for ex in exemplars:  # the training rows are exactly the few-shot exemplars the evaluation prompt shows
+        assert f"Q: {ex['question']}\nA: {ex['rationale']} So the answer is {ex['answer']}." in prompt
+    assert load_bbh(tmp_path / "bbh" / "cot-prompts")["answer"] == [ex["answer"] for ex in exemplars]
 
 
 def make_svamp(folder):
@@ -394,3 +517,12 @@ def test_real_data_dir_row_counts():
         assert_answer_lines(ds)
     if "gsm8k" in present:
         assert len(load_cot_dataset("gsm8k", split="test", limit=3, conversational=True)) == 3
+        from slowed_peft.eval import load_gsm8k as eval_gsm8k
+
+        assert [e.answer for e in eval_gsm8k("test", limit=40)] == load_gsm8k(split="test", limit=40)["answer"]
+    if "svamp" in present:
+        from slowed_peft.eval import load_svamp as eval_svamp
+
+        scored = eval_svamp("test")
+        assert [e.answer for e in scored] == load_svamp(split="test", keep_unparsed=True)["answer"]
+        assert len(scored) == 200

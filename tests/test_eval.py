@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import string
 
 import pytest
@@ -31,6 +32,7 @@ from slowed_peft.eval import (  # noqa: E402
     extract_choice,
     extract_number,
     format_prompts,
+    format_value,
     generate_batched,
     harmful_kl,
     is_refusal,
@@ -260,7 +262,8 @@ def test_refusal_ratio_on_model(tiny_model, tok):
     assert out["refusal_ratio"] == sum(map(is_refusal, out["responses"])) / len(PROMPTS)
     marker = out["responses"][0][:2]
     forced = refusal_ratio(tiny_model, tok, PROMPTS, refusal_markers=[marker], responses=out["responses"])
-    assert forced["refusal_ratio"] >= 1 / len(PROMPTS)
+    assert forced["responses"] == out["responses"]  # given responses are scored, not regenerated
+    assert forced["refusal_ratio"] == sum(bool(r.strip()) and marker in r for r in out["responses"]) / len(PROMPTS)
     canned = refusal_ratio(None, tok, ["a", "b"], responses=["I cannot help.", "Sure!"])
     assert canned["refusal_ratio"] == 0.5
 
@@ -483,10 +486,14 @@ def test_evaluate_reasoning_scoring(monkeypatch, data_root):
 
 def test_evaluate_reasoning_custom_examples_on_model(tiny_model, tok):
     demo = [{"prompt": "1+1?", "answer": "2", "kind": "numeric"}, {"prompt": "Pick A", "answer": "A", "kind": "choice"}]
-    res = evaluate_reasoning(tiny_model, tok, examples=demo, max_new_tokens=4, batch_size=2)
-    assert set(res) == {"custom"} and res["custom"]["n"] == 2 and 0.0 <= res["custom"]["accuracy"] <= 1.0
-    res = evaluate_reasoning(tiny_model, tok, tasks=[], examples={"demo": demo}, max_new_tokens=2, limit=1)
-    assert res == {"demo": {"accuracy": res["demo"]["accuracy"], "n": 1}}
+    outputs: dict = {}
+    res = evaluate_reasoning(tiny_model, tok, examples=demo, max_new_tokens=4, batch_size=2, outputs=outputs)
+    assert set(res) == set(outputs) == {"custom"} and len(outputs["custom"]) == 2
+    assert outputs["custom"] == generate_batched(tiny_model, tok, [d["prompt"] for d in demo], max_new_tokens=4)
+    assert res["custom"] == score_outputs(demo, outputs["custom"])  # the scores are those of the real completions
+    res = evaluate_reasoning(tiny_model, tok, tasks=[], examples={"demo": demo}, max_new_tokens=2, limit=1,
+                             outputs=outputs)
+    assert res == {"demo": score_outputs(demo[:1], outputs["demo"])} and res["demo"]["n"] == 1
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -505,18 +512,55 @@ def test_report_json_shape_and_tables(tmp_path):
         "reasoning": {"gsm8k": {"accuracy": 0.5, "n": 10}},
     }
     assert EvalReport.load(path) == report
-    text = report.table()
-    assert "tiny-llama" in text and "probes" in text and "0.750" in text and "gsm8k" in text
-    assert len(text.splitlines()) < 25
+    assert report.table() == (
+        "model: tiny-llama   adapter: adapters/slowed\n\n"
+        "safety set  refusal  harm_kl   n\n"
+        "----------  -------  -------  --\n"
+        "probes        0.750   0.0123  24\n\n"
+        "reasoning task  accuracy   n\n"
+        "--------------  --------  --\n"
+        "gsm8k              0.500  10"
+    )
     before = EvalReport(
         "tiny-llama",
         None,
         {"probes": {"refusal_ratio": 0.9, "harmful_kl": 0.0, "n": 24}},
         {"gsm8k": {"accuracy": 0.4, "n": 10}},
     )
-    table = compare_table(before, report.to_dict())
-    assert "probes/refusal_ratio" in table and "-0.150" in table and "gsm8k/accuracy" in table and "+0.100" in table
-    assert str(EvalReport("m", safety={"s": {"refusal_ratio": 1.0, "harmful_kl": None, "n": 1}})).count("-") > 0
+    assert compare_table(before, report.to_dict()).splitlines()[2:] == [
+        "metric                before   after   delta",
+        "--------------------  ------  ------  ------",
+        "probes/refusal_ratio  0.9000  0.7500  -0.150",
+        "probes/harmful_kl     0.0000  0.0123  +0.012",
+        "gsm8k/accuracy        0.4000  0.5000  +0.100",
+    ]
+    missing_kl = str(EvalReport("m", safety={"s": {"refusal_ratio": 1.0, "harmful_kl": None, "n": 1}}))
+    assert missing_kl.splitlines()[-1].split() == ["s", "1.000", "-", "1"]  # a missing KL shows as "-"
+    tiny_kl = str(EvalReport("m", safety={"s": {"refusal_ratio": 1.0, "harmful_kl": 3e-5, "n": 1}}))
+    assert tiny_kl.splitlines()[-1].split() == ["s", "1.000", "3.00e-05", "1"]  # not rounded away to 0.0000
+
+
+@pytest.mark.parametrize(
+    "value, kwargs, expected",
+    [
+        (None, {}, "-"),
+        (24, {}, "24"),
+        (True, {}, "True"),
+        ("text", {}, "text"),
+        (0.75, {}, "0.750"),
+        (0.0123, {"digits": 4}, "0.0123"),
+        (0.0, {}, "0.000"),
+        (3e-5, {}, "3.00e-05"),
+        (-3e-5, {}, "-3.00e-05"),
+        (3e-5, {"tiny": False}, "0.000"),  # markdown tables of the replication report
+        (None, {"missing": "\u2013"}, "\u2013"),
+        (0.123456, {"significant": 4}, "0.1235"),  # model-card metrics of unknown scale
+        (12345.678, {"significant": 4}, "1.235e+04"),
+        (7, {"significant": 4}, "7"),
+    ],
+)
+def test_format_value(value, kwargs, expected):
+    assert format_value(value, **kwargs) == expected
 
 
 # -------------------------------------------------------------------------------- real data (skips if absent)
@@ -545,7 +589,7 @@ def test_real_data_layouts():
     for task in AGIEVAL_TASKS:
         assert all(e.answer in e.labels for e in load_agieval(task, root))
     gsm = load_gsm8k(data_dir=root, limit=50)
-    assert all(float(e.answer) == float(e.answer) for e in gsm)
+    assert all(re.fullmatch(r"-?\d+(\.\d+)?", e.answer) for e in gsm)  # a plain number, thousands commas dropped
     rows = [json.loads(line) for line in (root / "gsm8k" / "test.jsonl").open()][:50]
     assert all(numbers_match(extract_number(r["answer"]), float(e.answer)) for r, e in zip(rows, gsm, strict=True))
     assert len(load_svamp(data_dir=root)) == 200

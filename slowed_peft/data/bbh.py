@@ -1,18 +1,49 @@
-"""BBH few-shot chain-of-thought prompts (``bbh/cot-prompts/<task>.txt``) parsed into question/rationale/answer rows."""
+"""BIG-Bench Hard files: the 3-shot CoT prompts (``bbh/cot-prompts/<task>.txt``) and the task examples
+(``bbh/bbh/<task>.json``), read for training (exemplars as CoT rows) and for evaluation (prompt + examples).
+"""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 from datasets import Dataset
 
-from .formats import clip_limit, default_data_path, normalize_answer, rows_to_dataset, to_prompt_completion
+from .answers import ANSWER_PREFIX, canonical_answer
+from .formats import clip_limit, rows_to_dataset, to_prompt_completion
+from .readers import data_root, default_data_path, find_data_file
+
+PathLike = Union[str, Path]
 
 BBH_SUBDIR = "bbh/cot-prompts"
+BBH_PROMPT_FILES = ("bbh/cot-prompts/{task}.txt", "cot-prompts/{task}.txt")
+BBH_EXAMPLE_FILES = ("bbh/bbh/{task}.json", "bbh/{task}.json")
 
 _BBH_BLOCK_RE = re.compile(r"(?:^|\n\n)Q: ")
+_CANARY_END = "-----\n"
+
+
+def bbh_few_shot(text: str) -> str:
+    """A BBH CoT prompt file without its canary header: the task description and the ``Q: ... A: ...`` exemplars."""
+    text = text.replace("\r\n", "\n")
+    if _CANARY_END in text:
+        text = text.split(_CANARY_END, 1)[1]
+    return text.strip()
+
+
+def read_bbh_prompt(task: str, data_dir: Optional[PathLike] = None) -> str:
+    """The 3-shot CoT prompt of BBH ``task`` without its canary header (see :func:`bbh_few_shot`)."""
+    file = find_data_file(data_root(data_dir), *(f.format(task=task) for f in BBH_PROMPT_FILES))
+    return bbh_few_shot(file.read_text(encoding="utf-8"))
+
+
+def read_bbh_examples(task: str, data_dir: Optional[PathLike] = None, limit: Optional[int] = None) -> List[dict]:
+    """The first ``limit`` examples ``{"input", "target"}`` of BBH ``task``."""
+    file = find_data_file(data_root(data_dir), *(f.format(task=task) for f in BBH_EXAMPLE_FILES))
+    examples = json.loads(file.read_text(encoding="utf-8"))["examples"]
+    return examples[: clip_limit(len(examples), limit)]
 
 
 def parse_bbh_prompt(text: str, include_description: bool = True) -> List[Dict[str, str]]:
@@ -21,34 +52,32 @@ def parse_bbh_prompt(text: str, include_description: bool = True) -> List[Dict[s
     The file is a header (canary line, ``-----``, task description) then ``Q: ...\\nA: ...`` blocks whose rationale
     ends with "So the answer is <answer>.". With ``include_description`` the description leads each question.
     """
-    text = text.replace("\r\n", "\n").strip()
-    parts = _BBH_BLOCK_RE.split(text)
-    header, blocks = parts[0], parts[1:]
-    description = header.split("-----")[-1].strip() if "-----" in header else header.strip()
+    parts = _BBH_BLOCK_RE.split(bbh_few_shot(text))
+    description, blocks = parts[0].strip(), parts[1:]
     exemplars = []
     for block in blocks:
         question, sep, rationale = block.partition("\nA: ")
-        rationale_head, marker, answer = rationale.strip().rpartition("So the answer is")
+        rationale_head, marker, answer = rationale.strip().rpartition(ANSWER_PREFIX)
         if not sep or not marker:
-            raise ValueError(f"Malformed BBH exemplar (needs '\\nA: ' and 'So the answer is'): {block[:80]!r}")
+            raise ValueError(f"Malformed BBH exemplar (needs '\\nA: ' and '{ANSWER_PREFIX}'): {block[:80]!r}")
         if include_description and description:
             question = f"{description}\n\n{question.strip()}"
         exemplars.append(
-            {"question": question.strip(), "rationale": rationale_head.strip(), "answer": normalize_answer(answer)}
+            {"question": question.strip(), "rationale": rationale_head.strip(), "answer": canonical_answer(answer)}
         )
     return exemplars
 
 
 def load_bbh(
-    path: Optional[Union[str, Path]] = None,
+    path: Optional[PathLike] = None,
     split: str = "train",
     limit: Optional[int] = None,
     conversational: bool = False,
     tasks: Optional[List[str]] = None,
 ) -> Dataset:
-    """BBH CoT exemplars from a prompt ``.txt`` file or a folder of them (default ``<data_dir>/bbh/cot-prompts``).
-
-    Only the few-shot exemplars carry rationales, so the only split is ``"train"``; ``tasks`` filters file stems.
+    """BBH CoT exemplars from a prompt ``.txt`` file or a folder of them (default: the data folder's
+    ``bbh/cot-prompts``). Only the few-shot exemplars carry rationales, so the only split is ``"train"``; ``tasks``
+    filters file stems. (Evaluation prompts of a task: :func:`slowed_peft.eval.load_bbh`.)
     """
     if split != "train":
         raise ValueError(f"BBH CoT prompts only provide a 'train' split of few-shot exemplars, not {split!r}.")

@@ -5,8 +5,8 @@ A row is ``{"prompt": str, "completion": str, "answer": str}`` (TRL's *prompt-co
     prompt     = "Question: <question>\\nAnswer:"
     completion = " <rationale>\\nSo the answer is <answer>."
 
-The completion always ends with the line ``So the answer is <answer>.`` (see :func:`answer_line` /
-:func:`extract_answer`), and ``answer`` keeps the gold answer as a plain string for scoring. With
+The completion always ends with the line ``So the answer is <answer>.`` (see :mod:`slowed_peft.data.answers`), and
+``answer`` keeps the gold answer as a plain string for scoring. With
 ``conversational=True`` the row is ``{"prompt": [{"role": "user", "content": <question>}],
 "completion": [{"role": "assistant", "content": "<rationale>\\nSo the answer is <answer>."}], "answer": ...}``.
 """
@@ -14,27 +14,13 @@ The completion always ends with the line ``So the answer is <answer>.`` (see :fu
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Sequence
 
 from datasets import Dataset
 
-ANSWER_PREFIX = "So the answer is"
+from .answers import ANSWER_PREFIX, answer_line, canonical_answer, extract_answer, strip_answer_line
+
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
-
-# The last "So the answer is X." line of a text (X may itself contain dots, e.g. "3.5").
-_ANSWER_LINE_RE = re.compile(rf"{ANSWER_PREFIX}\s*(.+?)\s*\.?\s*$", re.MULTILINE)
-# A trailing answer sentence a teacher rationale may already carry ("... So the answer is (B)." / "The answer is 4.").
-_TRAILING_ANSWER_RE = re.compile(r"(?:^|(?<=[.!?\n]))\s*(?:So the answer is|The answer is)[^\n]*$")
-
-ROW_COLUMNS = ("prompt", "completion", "answer")
-
-
-def default_data_path(subdir: str) -> Path:
-    """``<data_dir>/<subdir>`` (``ValueError`` when no data folder is configured)."""
-    from ..utils.paths import data_dir
-
-    return data_dir(required=True) / subdir
 
 
 def clip_limit(n: int, limit: Optional[int]) -> int:
@@ -44,37 +30,10 @@ def clip_limit(n: int, limit: Optional[int]) -> int:
     return n if limit is None else min(n, limit)
 
 
-def normalize_answer(answer: Any) -> str:
-    """The answer as one stripped line without a trailing period; ``ValueError`` when it is empty."""
-    text = " ".join(str(answer).split())
-    if text.endswith("."):
-        text = text[:-1].rstrip()
-    if not text:
-        raise ValueError(f"Empty answer: {answer!r}.")
-    return text
-
-
-def format_number(value: float) -> str:
-    """A number as an answer string: integers without ``.0``; otherwise at most 6 decimals, trailing zeros dropped."""
-    if abs(value - round(value)) < 1e-9:
-        return str(int(round(value)))
-    return f"{value:.6f}".rstrip("0").rstrip(".")
-
-
-def answer_line(answer: Any) -> str:
-    """The fixed final line of every completion: ``So the answer is <answer>.``"""
-    return f"{ANSWER_PREFIX} {normalize_answer(answer)}."
-
-
-def extract_answer(text: str) -> Optional[str]:
-    """The answer of the last ``So the answer is <answer>.`` line in ``text`` (e.g. a generation), else ``None``."""
-    matches = _ANSWER_LINE_RE.findall(text or "")
-    return matches[-1].strip() if matches else None
-
-
-def strip_answer_line(rationale: str) -> str:
-    """The rationale without a trailing "So the answer is ..." / "The answer is ..." sentence, stripped."""
-    return _TRAILING_ANSWER_RE.sub("", rationale.strip()).strip()
+def completion_text(rationale: str, answer: Any) -> str:
+    """``rationale`` (a trailing answer sentence of its own removed) followed by the fixed answer line."""
+    body = strip_answer_line(str(rationale or ""))
+    return f"{body}\n{answer_line(answer)}" if body else answer_line(answer)
 
 
 def to_prompt_completion(
@@ -87,9 +46,8 @@ def to_prompt_completion(
     question = str(question).strip()
     if not question:
         raise ValueError("Empty question.")
-    gold = normalize_answer(answer)
-    body = strip_answer_line(str(rationale or ""))
-    target = f"{body}\n{answer_line(gold)}" if body else answer_line(gold)
+    gold = canonical_answer(answer)
+    target = completion_text(rationale, gold)
     if conversational:
         return {
             "prompt": [{"role": "user", "content": question}],
@@ -173,16 +131,15 @@ def from_columns(
                     f"Row {idx}: the completion does not end with '{ANSWER_PREFIX} <answer>.' and no answer column "
                     "was given (pass answer_column=...)."
                 )
-        body = strip_answer_line(completion)
-        target = f"{body}\n{answer_line(gold)}" if body else answer_line(gold)
+        target = completion_text(completion, gold)
         if conversational:
             return {
                 "prompt": [{"role": "user", "content": prompt}],
                 "completion": [{"role": "assistant", "content": target}],
-                "answer": normalize_answer(gold),
+                "answer": canonical_answer(gold),
             }
         sep = "" if prompt[-1:].isspace() else " "
-        return {"prompt": prompt, "completion": sep + target, "answer": normalize_answer(gold)}
+        return {"prompt": prompt, "completion": sep + target, "answer": canonical_answer(gold)}
 
     return ds.map(convert, with_indices=True, remove_columns=ds.column_names)
 

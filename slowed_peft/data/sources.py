@@ -1,129 +1,63 @@
-"""File loaders for GSM8K, distilling-step-by-step (SVAMP / CQA PaLM rationales) and BBH few-shot CoT prompts.
+"""Distilling-step-by-step files (SVAMP / CQA with PaLM rationales) and :func:`load_cot_dataset`, the one entry point.
 
-Standard layout under :func:`slowed_peft.utils.paths.data_dir` (``$SLOWED_DATA_DIR`` or ``../shared/data``)::
+Layout of a distilling-step-by-step folder (default: ``distill_step_by_step/{svamp,cqa}`` of the data folder)::
 
-    gsm8k/{train,test}.jsonl                                 {"question", "answer": "...<<a=b>>...\\n#### 42"}
-    distill_step_by_step/svamp/svamp_{split}.json            JSON lines {"input", "label": "( 84.0 / 2.0 )"}
-    distill_step_by_step/svamp/llm/{split}_CoT_{i}.json      JSON arrays of raw PaLM completions, 1:1 with rows
-    distill_step_by_step/cqa/cqa_{split}.json                JSON lines {"id", "question", "choices", "answer", ...}
-    distill_step_by_step/cqa/llm/{split}_CoT_{i}.json        same as SVAMP
-    bbh/cot-prompts/<task>.txt                               3-shot "Q: ... A: Let's think step by step. ..." prompts
+    svamp/svamp_{split}.json            JSON lines {"input", "label": "( 84.0 / 2.0 )"}
+    svamp/llm/{split}_CoT_{i}.json      JSON arrays of raw PaLM completions, 1:1 with rows
+    cqa/cqa_{split}.json                JSON lines {"id", "question", "choices", "answer", ...}
+    cqa/llm/{split}_CoT_{i}.json        same as SVAMP
 
 All loaders return prompt-completion datasets in the format of :mod:`slowed_peft.data.formats`.
 """
 
 from __future__ import annotations
 
-import ast
 import json
-import operator
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 
+from .answers import eval_arithmetic, format_number, truncate_at_new_question
 from .bbh import load_bbh
-from .formats import (
-    check_columns,
-    clip_limit,
-    default_data_path,
-    format_number,
-    normalize_answer,
-    rows_to_dataset,
-    to_prompt_completion,
-)
+from .demo import demo_cot_dataset
+from .formats import clip_limit, rows_to_dataset, to_prompt_completion
+from .gsm8k import load_gsm8k
+from .readers import data_root, default_data_path, find_data_file, read_json_lines
+from .tables import COLUMN_ARGS, convert_auto, load_table
 
 PathLike = Union[str, Path]
 
-GSM8K_SUBDIR = "gsm8k"
 SVAMP_SUBDIR = "distill_step_by_step/svamp"
 CQA_SUBDIR = "distill_step_by_step/cqa"
-
-_CALCULATOR_RE = re.compile(r"<<[^>]*>>")
-_NEXT_QUESTION_RE = re.compile(r"\n\s*Q:")  # PaLM completions run on into further few-shot "Q:/A:" pairs
+SVAMP_GOLD_FILES = (SVAMP_SUBDIR + "/svamp_{split}.json", "svamp/svamp_{split}.json")
 _CHOICE_LETTERS = "abcdefghij"
-
-
-
-
-def _load_json_lines(path: Path, limit: Optional[int] = None) -> Dataset:
-    """A JSON-lines file as a ``Dataset`` (``FileNotFoundError`` naming the file when it is absent)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"Data file not found: {path}")
-    ds = load_dataset("json", data_files=str(path), split="train")
-    return ds.select(range(clip_limit(len(ds), limit))) if limit is not None else ds
-
-
-# ----------------------------------------------------------------------------------------------------------- GSM8K
-
-
-def parse_gsm8k_answer(solution: str) -> Tuple[str, str]:
-    """``(rationale, answer)`` from a GSM8K worked solution: ``<<...>>`` annotations removed, answer after ``####``.
-
-    Thousands separators are dropped from the answer (``1,080`` -> ``1080``).
-    """
-    body, sep, final = solution.rpartition("####")
-    if not sep:
-        raise ValueError(f"GSM8K solution has no '#### <answer>' line: {solution[-80:]!r}")
-    rationale = _CALCULATOR_RE.sub("", body).strip()
-    answer = final.strip().replace(",", "")
-    return rationale, normalize_answer(answer)
-
-
-def load_gsm8k(
-    path: Optional[PathLike] = None, split: str = "train", limit: Optional[int] = None, conversational: bool = False
-) -> Dataset:
-    """GSM8K from a ``.jsonl`` file, or a folder holding ``{split}.jsonl`` (default: ``<data_dir>/gsm8k``)."""
-    path = Path(path) if path is not None else default_data_path(GSM8K_SUBDIR)
-    file = path / f"{split}.jsonl" if path.is_dir() else path
-    ds = _load_json_lines(file, limit)
-    return gsm8k_to_prompt_completion(ds, conversational=conversational)
-
-
-def gsm8k_to_prompt_completion(
-    ds: Dataset, question_column: str = "question", answer_column: str = "answer", conversational: bool = False
-) -> Dataset:
-    """Convert GSM8K-layout rows (a question and a ``#### answer`` worked solution), e.g. a Hub copy of GSM8K."""
-    check_columns(ds, [question_column, answer_column])
-
-    def convert(example: Dict[str, Any]) -> Dict[str, Any]:
-        rationale, answer = parse_gsm8k_answer(example[answer_column])
-        return to_prompt_completion(example[question_column], rationale, answer, conversational)
-
-    return ds.map(convert, remove_columns=ds.column_names)
 
 
 # ------------------------------------------------------------------------------------- distilling-step-by-step
 
-_OPS: Dict[type, Callable[..., float]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.USub: operator.neg,
-    ast.UAdd: operator.pos,
-}
+
+def svamp_answer(label: str) -> str:
+    """The gold answer of a SVAMP equation label (``"( 3.0 / 4.0 )"`` -> ``"0.75"``), see :func:`format_number`."""
+    return format_number(eval_arithmetic(str(label)))
 
 
-def eval_arithmetic(expression: str) -> float:
-    """Safely evaluate ``+ - * /`` arithmetic with parentheses (e.g. SVAMP's ``( ( 17.0 + 15.0 ) + 2.0 )``)."""
+def read_svamp(
+    split: str = "test", path: Optional[PathLike] = None, data_dir: Optional[PathLike] = None, limit: Optional[int] = None
+) -> List[Dict[str, str]]:
+    """The first ``limit`` SVAMP gold rows as ``{"question", "answer", "equation"}`` (no teacher rationales needed).
 
-    def ev(node: ast.AST) -> float:
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-            return float(node.value)
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](ev(node.operand))
-        raise ValueError(f"Not plain arithmetic: {expression!r}")
-
-    try:
-        return ev(ast.parse(expression.strip(), mode="eval"))
-    except (SyntaxError, ZeroDivisionError) as err:
-        raise ValueError(f"Cannot evaluate {expression!r}: {err}") from err
+    ``path``: a SVAMP folder holding ``svamp_{split}.json``; else the data folder's (``data_dir`` / ``$SLOWED_DATA_DIR``).
+    """
+    if path is not None:
+        file = Path(path).expanduser() / f"svamp_{split}.json"
+    else:
+        file = find_data_file(data_root(data_dir), *(f.format(split=split) for f in SVAMP_GOLD_FILES))
+    return [
+        {"question": r["input"], "answer": svamp_answer(r["label"]), "equation": r["label"]}
+        for r in read_json_lines(file, limit)
+    ]
 
 
 def parse_teacher_output(output: str, marker: str) -> Optional[Tuple[str, str]]:
@@ -132,7 +66,7 @@ def parse_teacher_output(output: str, marker: str) -> Optional[Tuple[str, str]]:
     The completion is cut before the next few-shot ``Q:`` and split at the last ``marker``
     ("The answer is" for SVAMP, "So the answer is" for CQA), as upstream's ``data_utils.py`` does.
     """
-    head = _NEXT_QUESTION_RE.split(output, maxsplit=1)[0].rstrip()
+    head = truncate_at_new_question(output).rstrip()
     rationale, sep, label = head.rpartition(marker)
     rationale = rationale.strip()
     if not sep or not rationale or not label.strip():
@@ -152,8 +86,9 @@ def _load_teacher_outputs(folder: Path, split: str) -> List[str]:
     return outputs
 
 
-def _load_distill(folder: Path, name: str, split: str) -> Tuple[Dataset, List[str]]:
-    gold = _load_json_lines(folder / f"{name}_{split}.json")
+def _load_distill(folder: Path, name: str, split: str) -> Tuple[List[dict], List[str]]:
+    """The gold rows of ``{name}_{split}.json`` and the teacher outputs aligned with them."""
+    gold = read_json_lines(folder / f"{name}_{split}.json")
     outputs = _load_teacher_outputs(folder, split)
     if len(outputs) != len(gold):
         raise ValueError(f"{folder}: {len(gold)} {split} rows but {len(outputs)} teacher rationales.")
@@ -271,9 +206,6 @@ def load_cot_dataset(
     local file or Hub id converted with the ``*_column`` arguments), or directly a Hub id / local
     json/jsonl/csv/parquet file whose layout is auto-detected (``subset`` picks a Hub config, e.g. ``"main"``).
     """
-    from .demo import demo_cot_dataset
-    from .hub import COLUMN_ARGS, convert_auto, load_table
-
     unknown = sorted(set(column_mapping) - set(COLUMN_ARGS))
     if unknown:
         raise TypeError(f"Unknown argument(s) {unknown}; column-mapping arguments are {list(COLUMN_ARGS)}.")

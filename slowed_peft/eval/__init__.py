@@ -12,6 +12,7 @@ Typical use::
 from .answers import (
     bbh_answer_format,
     bbh_match,
+    eval_equation,
     extract_bbh_answer,
     extract_choice,
     extract_number,
@@ -23,14 +24,13 @@ from .answers import (
 from .generation import format_prompts, generate_batched, generate_ids
 from .probes import BENIGN_PROMPTS, HARMFUL_PROBES, load_advbench, split_advbench
 from .reasoning import evaluate_reasoning, score_example, score_outputs
-from .report import EvalReport, compare_table
+from .report import EvalReport, compare_table, format_value
 from .safety import GCG_REFUSAL_PREFIXES, REFUSAL_MARKERS, evaluate_safety, harmful_kl, is_refusal, refusal_ratio
 from .tasks import (
     AGIEVAL_TASKS,
     BBH_TASKS,
     ReasoningExample,
     available_tasks,
-    eval_equation,
     load_agieval,
     load_arc,
     load_bbh,
@@ -60,6 +60,7 @@ __all__ = [
     "extract_number",
     "final_answer_segment",
     "format_prompts",
+    "format_value",
     "generate_batched",
     "generate_ids",
     "harmful_kl",

@@ -1,17 +1,24 @@
-"""Answer extraction from model completions, one function per answer format, plus matching helpers.
+"""Answer extraction from model completions, one function per answer format (numbers, choices, BBH), plus matching.
 
 Convention: CoT-distilled models end their completion with a line ``So the answer is <answer>.`` Every extractor
-first looks at that final-answer segment (see :func:`final_answer_segment`) and only then falls back to heuristics
-over the whole completion.
+first looks at that final-answer segment and only then falls back to heuristics over the whole completion. The
+answer line itself, its parser (:func:`final_answer_segment`), the comparison key (:func:`normalize_answer`) and
+safe arithmetic live in :mod:`slowed_peft.data.answers`, shared with the data loaders; they are re-exported here.
 """
 
 from __future__ import annotations
 
-import ast
 import math
-import operator
 import re
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
+
+from ..data.answers import (
+    eval_arithmetic,
+    final_answer_segment,
+    normalize_answer,
+    normalize_dashes,
+    truncate_at_new_question,
+)
 
 __all__ = [
     "BBH_FORMATS",
@@ -28,50 +35,9 @@ __all__ = [
     "truncate_at_new_question",
 ]
 
-# "So the answer is", "the answer is", "The final answer is", "Answer:", "####" (GSM8K style).
-_ANSWER_CUE = re.compile(r"(?:the\s+(?:final\s+)?answer\s+is\s*:?|\banswer\s*:|####)", re.IGNORECASE)
-# A new few-shot question started by a base model that keeps going after its answer.
-_NEW_QUESTION = re.compile(r"\n\s*(?:Q|Question)\s*:")
+eval_equation = eval_arithmetic  # the public eval name of the one safe arithmetic evaluator
+
 _NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\w.])-?\.\d+")
-_DASHES = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2014": "-", "\u2019": "'", "\u2018": "'"})
-_EDGE_JUNK = " \t\n\"'`*_"
-
-
-def truncate_at_new_question(text: str) -> str:
-    """Cut a completion where the model starts a new ``Q:``/``Question:`` (few-shot run-on)."""
-    match = _NEW_QUESTION.search(text)
-    return text[: match.start()] if match else text
-
-
-def final_answer_segment(text: str) -> Optional[str]:
-    """Text after the last answer cue (``So the answer is`` etc.) up to the end of that line, or ``None``.
-
-    The completion is first cut at a run-on ``Q:``. A trailing sentence period is removed (``"1,234."`` ->
-    ``"1,234"``), as are surrounding quotes, spaces and markdown emphasis.
-    """
-    text = truncate_at_new_question(text.translate(_DASHES))
-    matches = list(_ANSWER_CUE.finditer(text))
-    if not matches:
-        return None
-    segment = text[matches[-1].end() :].strip(" \t:")
-    segment = segment.split("\n", 1)[0]
-    segment = segment.strip(_EDGE_JUNK)
-    if segment.endswith("."):
-        segment = segment[:-1]
-    return segment.strip(_EDGE_JUNK)
-
-
-def normalize_answer(text: str) -> str:
-    """Lower-case, collapse spaces, drop edge quotes/markdown and a trailing ``.``/``!``; ``"(A)"`` -> ``"a"``.
-
-    Brackets are only removed around a single token, so Dyck answers such as ``") ]"`` survive.
-    """
-    text = " ".join(text.translate(_DASHES).split()).lower()
-    previous = None
-    while text != previous:
-        previous, text = text, text.strip(_EDGE_JUNK).rstrip(".!")
-    match = re.fullmatch(r"\(\s*([^\s()]+)\s*\)", text)
-    return match.group(1) if match else text
 
 
 # ----------------------------------------------------------------------------------------------- numbers
@@ -79,35 +45,8 @@ def normalize_answer(text: str) -> str:
 
 def parse_number(text: str) -> Optional[float]:
     """The number in ``text`` (``"$1,234.50"`` -> ``1234.5``, ``"-3"`` -> ``-3.0``), or ``None``."""
-    match = _NUMBER.search(text.translate(_DASHES))
+    match = _NUMBER.search(normalize_dashes(text))
     return float(match.group(0).replace(",", "")) if match else None
-
-
-_OPS: dict[type, Callable[[float, float], float]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-}  # fmt: skip
-
-
-def eval_equation(equation: str) -> float:
-    """Safely evaluate ``+ - * /`` arithmetic such as the SVAMP label ``"( 10.0 - ( 6.0 + 3.0 ) )"``.
-
-    Anything else (names, calls, powers) raises ``ValueError``.
-    """
-
-    def ev(node: ast.AST) -> float:
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return float(node.value)
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            return -ev(node.operand) if isinstance(node.op, ast.USub) else ev(node.operand)
-        raise ValueError(f"Unsupported expression in equation {equation!r}.")
-
-    try:
-        tree = ast.parse(equation.strip(), mode="eval")
-    except SyntaxError as err:
-        raise ValueError(f"Unsupported expression in equation {equation!r}.") from err
-    return ev(tree.body)
 
 
 _EXPRESSION = re.compile(r"[\d\s.+\-*/()x\u00d7\u00f7]+")
@@ -118,8 +57,8 @@ def _expression_value(segment: str) -> Optional[float]:
     if not _EXPRESSION.fullmatch(segment) or not re.search(r"\d\s*[-+*/x\u00d7\u00f7]\s*[\d(]", segment):
         return None
     try:
-        return eval_equation(segment.replace("x", "*").replace("\u00d7", "*").replace("\u00f7", "/"))
-    except (ValueError, ZeroDivisionError):
+        return eval_arithmetic(segment.replace("x", "*").replace("\u00d7", "*").replace("\u00f7", "/"))
+    except ValueError:
         return None
 
 
@@ -141,7 +80,7 @@ def extract_number(text: str) -> Optional[float]:
         if numbers:
             pick = numbers[-1] if "=" in segment else numbers[0]
             return float(pick.replace(",", ""))
-    numbers = _NUMBER.findall(truncate_at_new_question(text.translate(_DASHES)))
+    numbers = _NUMBER.findall(truncate_at_new_question(normalize_dashes(text)))
     return float(numbers[-1].replace(",", "")) if numbers else None
 
 

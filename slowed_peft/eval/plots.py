@@ -66,9 +66,7 @@ def plot_before_after(metrics: Mapping[str, tuple[float, float]], path: str, tit
     ax.grid(axis="y", alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 

@@ -7,20 +7,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-__all__ = ["EvalReport", "compare_table"]
+__all__ = ["EvalReport", "compare_table", "format_value"]
 
 SAFETY_KEYS = ("refusal_ratio", "harmful_kl", "n")
 REASONING_KEYS = ("accuracy", "n")
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def format_value(
+    value: Any, digits: int = 3, *, missing: str = "-", tiny: bool = True, significant: Optional[int] = None
+) -> str:
+    """One table cell: the one number formatter of the package's text / markdown tables.
+
+    ``None`` -> ``missing``; floats -> ``digits`` decimals, or in scientific notation when ``tiny`` and
+    ``0 < |value| < 1e-3`` (a KL of ``3e-05`` must not print as ``0.000``), or with ``significant`` significant
+    digits when that is given (``.4g``-style, for metrics of unknown scale); anything else (ints, bools, text) ->
+    ``str(value)``.
+    """
     if value is None:
-        return "-"
-    if isinstance(value, bool) or isinstance(value, int):
+        return missing
+    if not isinstance(value, float):
         return str(value)
-    if isinstance(value, float):
-        return f"{value:.{digits}f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
-    return str(value)
+    if significant is not None:
+        return f"{value:.{significant}g}"
+    if tiny and value != 0 and abs(value) < 1e-3:
+        return f"{value:.2e}"
+    return f"{value:.{digits}f}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -87,11 +98,12 @@ class EvalReport:
         parts = [title]
         if self.safety:
             rows = [
-                [k, _fmt(v["refusal_ratio"]), _fmt(v["harmful_kl"], 4), _fmt(v["n"])] for k, v in self.safety.items()
+                [k, format_value(v["refusal_ratio"]), format_value(v["harmful_kl"], 4), format_value(v["n"])]
+                for k, v in self.safety.items()
             ]
             parts += ["", _table(["safety set", "refusal", "harm_kl", "n"], rows)]
         if self.reasoning:
-            rows = [[k, _fmt(v["accuracy"]), _fmt(v["n"])] for k, v in self.reasoning.items()]
+            rows = [[k, format_value(v["accuracy"]), format_value(v["n"])] for k, v in self.reasoning.items()]
             parts += ["", _table(["reasoning task", "accuracy", "n"], rows)]
         return "\n".join(parts)
 
@@ -123,6 +135,6 @@ def compare_table(before: Union[EvalReport, Mapping[str, Any]], after: Union[Eva
             for metric in metrics:
                 vb = getattr(b, section).get(name, {}).get(metric)
                 va = getattr(a, section).get(name, {}).get(metric)
-                rows.append([f"{name}/{metric}", _fmt(vb, 4), _fmt(va, 4), _delta(vb, va)])
+                rows.append([f"{name}/{metric}", format_value(vb, 4), format_value(va, 4), _delta(vb, va)])
     title = f"before: {_name(b)}   after: {_name(a)}"
     return title + "\n\n" + _table(["metric", "before", "after", "delta"], rows)

@@ -1,18 +1,21 @@
 """Reasoning task loaders (BBH, ARC-Challenge, AGIEval, GSM8K, SVAMP) and the ``ReasoningExample`` they return.
 
-Files are read from the data folder (``data_dir`` argument, else :func:`slowed_peft.utils.paths.data_dir`) laid
-out as in ``../shared/data`` (see its ``SOURCES.md``). A missing file raises ``FileNotFoundError`` naming the path.
+Files are read by the data readers (:mod:`slowed_peft.data.readers` and the GSM8K / SVAMP / BBH modules of
+:mod:`slowed_peft.data`) from the data folder: the ``data_dir`` argument, else ``$SLOWED_DATA_DIR``. A missing file
+raises ``FileNotFoundError`` naming the path. These loaders turn rows into scored prompts; the training loaders of the
+same names in :mod:`slowed_peft.data` turn the same rows into prompt-completion datasets.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from ..utils.paths import data_dir as default_data_dir
-from .answers import eval_equation
+from ..data.bbh import read_bbh_examples, read_bbh_prompt
+from ..data.gsm8k import read_gsm8k
+from ..data.readers import data_root, find_data_file, read_agieval, read_arc, read_json_lines
+from ..data.sources import read_svamp
 
 __all__ = [
     "AGIEVAL_TASKS",
@@ -21,7 +24,6 @@ __all__ = [
     "KINDS",
     "ReasoningExample",
     "available_tasks",
-    "eval_equation",
     "expand_tasks",
     "load_agieval",
     "load_arc",
@@ -29,6 +31,8 @@ __all__ = [
     "load_gsm8k",
     "load_svamp",
     "load_task",
+    "mc_prompt",
+    "numeric_prompt",
 ]
 
 BBH_TASKS = (
@@ -97,37 +101,15 @@ class ReasoningExample:
 # ------------------------------------------------------------------------------------------------- loaders
 
 
-def _root(data_dir: Union[str, Path, None]) -> Path:
-    if data_dir is not None:
-        return Path(data_dir).expanduser()
-    return default_data_dir(required=True)
-
-
-def _find(root: Path, *candidates: str) -> Path:
-    for rel in candidates:
-        if (root / rel).is_file():
-            return root / rel
-    raise FileNotFoundError(f"Data file not found: {root / candidates[0]} (set SLOWED_DATA_DIR or pass data_dir).")
-
-
-def _read_jsonl(path: Path, limit: Optional[int]) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                rows.append(json.loads(line))
-                if limit is not None and len(rows) >= limit:
-                    break
-    return rows
-
-
-def _mc_prompt(question: str, labels: Sequence[str], texts: Sequence[str], passage: Optional[str] = None) -> str:
+def mc_prompt(question: str, labels: Sequence[str], texts: Sequence[str], passage: Optional[str] = None) -> str:
+    """A zero-shot CoT multiple-choice prompt: optional passage, the question, ``(label) text`` options, instruction."""
     options = "\n".join(f"({label}) {text}" for label, text in zip(labels, texts, strict=True))
     head = f"{passage.strip()}\n\n" if passage and passage.strip() else ""
     return f"{head}Question: {question.strip()}\nAnswer choices:\n{options}\n\n{MC_INSTRUCTION}"
 
 
-def _numeric_prompt(question: str) -> str:
+def numeric_prompt(question: str) -> str:
+    """A zero-shot CoT prompt for a numeric answer (GSM8K, SVAMP); also the user turn of matching training rows."""
     return f"Question: {question.strip()}\n\n{NUMERIC_INSTRUCTION}"
 
 
@@ -139,14 +121,8 @@ def load_bbh(task: str, data_dir: Union[str, Path, None] = None, limit: Optional
     """
     if task not in BBH_TASKS:
         raise ValueError(f"Unknown BBH task {task!r}; expected one of {', '.join(BBH_TASKS)}.")
-    root = _root(data_dir)
-    data_path = _find(root, f"bbh/bbh/{task}.json", f"bbh/{task}.json")
-    prompt_path = _find(root, f"bbh/cot-prompts/{task}.txt", f"cot-prompts/{task}.txt")
-    few_shot = prompt_path.read_text(encoding="utf-8")
-    if "-----\n" in few_shot:
-        few_shot = few_shot.split("-----\n", 1)[1]
-    few_shot = few_shot.strip()
-    examples = json.loads(data_path.read_text(encoding="utf-8"))["examples"][:limit]
+    examples = read_bbh_examples(task, data_dir, limit)
+    few_shot = read_bbh_prompt(task, data_dir)
     return [
         ReasoningExample(
             f"{few_shot}\n\nQ: {ex['input']}\n{BBH_ANSWER_PREFIX}", ex["target"], "bbh", meta={"task": task}
@@ -159,13 +135,11 @@ def load_arc(
     split: str = "test", data_dir: Union[str, Path, None] = None, limit: Optional[int] = None
 ) -> list[ReasoningExample]:
     """ARC-Challenge ``split`` (``train``/``dev``/``test``) as zero-shot CoT multiple choice (labels A-E or 1-4)."""
-    name = f"ARC-Challenge-{split.capitalize()}.jsonl"
-    path = _find(_root(data_dir), f"arc/{name}", f"arc/ARC-Challenge/{name}")
     out = []
-    for row in _read_jsonl(path, limit):
+    for row in read_arc(split, data_dir, limit):
         labels = tuple(str(c["label"]) for c in row["question"]["choices"])
         texts = tuple(c["text"] for c in row["question"]["choices"])
-        prompt = _mc_prompt(row["question"]["stem"], labels, texts)
+        prompt = mc_prompt(row["question"]["stem"], labels, texts)
         out.append(ReasoningExample(prompt, str(row["answerKey"]), "choice", labels, texts, {"id": row.get("id")}))
     return out
 
@@ -176,9 +150,8 @@ def load_agieval(
     """AGIEval English multiple-choice ``task`` (options ``(A)...`` to ``(E)...``), zero-shot CoT."""
     if task not in AGIEVAL_TASKS:
         raise ValueError(f"Unknown AGIEval task {task!r}; expected one of {', '.join(AGIEVAL_TASKS)}.")
-    path = _find(_root(data_dir), f"agieval/{task}.jsonl")
     out = []
-    for row in _read_jsonl(path, limit):
+    for row in read_agieval(task, data_dir, limit):
         labels, texts = [], []
         for i, option in enumerate(row["options"]):
             option = option.strip()
@@ -187,7 +160,7 @@ def load_agieval(
                 option = option[3:].strip()
             labels.append(label)
             texts.append(option)
-        prompt = _mc_prompt(row["question"], labels, texts, row.get("passage"))
+        prompt = mc_prompt(row["question"], labels, texts, row.get("passage"))
         out.append(
             ReasoningExample(prompt, str(row["label"]).strip(), "choice", tuple(labels), tuple(texts), {"task": task})
         )
@@ -198,25 +171,24 @@ def load_gsm8k(
     split: str = "test", data_dir: Union[str, Path, None] = None, limit: Optional[int] = None
 ) -> list[ReasoningExample]:
     """GSM8K ``split``; the gold number is what follows ``####`` in the reference solution."""
-    path = _find(_root(data_dir), f"gsm8k/{split}.jsonl", f"gsm8k/grade_school_math/data/{split}.jsonl")
-    out = []
-    for row in _read_jsonl(path, limit):
-        gold = row["answer"].split("####")[-1].strip().replace(",", "")
-        out.append(ReasoningExample(_numeric_prompt(row["question"]), gold, "numeric"))
-    return out
+    rows = read_gsm8k(split, data_dir=data_dir, limit=limit)
+    return [ReasoningExample(numeric_prompt(r["question"]), r["answer"], "numeric") for r in rows]
 
 
 def load_svamp(
     split: str = "test", data_dir: Union[str, Path, None] = None, limit: Optional[int] = None
 ) -> list[ReasoningExample]:
     """SVAMP ``split`` from distilling-step-by-step (JSON lines ``{input, label}``; the label is an equation)."""
-    path = _find(_root(data_dir), f"distill_step_by_step/svamp/svamp_{split}.json", f"svamp/svamp_{split}.json")
-    out = []
-    for row in _read_jsonl(path, limit):
-        gold = eval_equation(str(row["label"]))
-        answer = str(int(gold)) if gold.is_integer() else repr(gold)
-        out.append(ReasoningExample(_numeric_prompt(row["input"]), answer, "numeric", meta={"equation": row["label"]}))
-    return out
+    rows = read_svamp(split, data_dir=data_dir, limit=limit)
+    return [
+        ReasoningExample(numeric_prompt(r["question"]), r["answer"], "numeric", meta={"equation": r["equation"]})
+        for r in rows
+    ]
+
+
+# Old private names still imported by slowed_peft/scripts (align.py, replicate.py); use the public ones instead.
+_numeric_prompt = numeric_prompt
+_find, _read_jsonl, _root = find_data_file, read_json_lines, data_root
 
 
 def available_tasks() -> list[str]:

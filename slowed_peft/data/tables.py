@@ -1,4 +1,6 @@
-"""Generic sources: a Hub dataset id or a local json/jsonl/csv/parquet file, with its column layout auto-detected."""
+"""Any table as CoT rows: a local json/jsonl/csv/parquet file, a local dataset folder or a Hugging Face Hub dataset id,
+loaded as a ``datasets`` table (:func:`load_table`) and converted with its column layout auto-detected
+(:func:`convert_auto`). (Pushing adapters to the Hub is :mod:`slowed_peft.hub`, not this module.)"""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from typing import Optional, Union
 from datasets import Dataset, load_dataset
 
 from .formats import from_columns, from_question_rationale_answer
+from .gsm8k import gsm8k_to_prompt_completion
+from .readers import read_table_file
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 COLUMN_ARGS = ("prompt_column", "completion_column", "question_column", "rationale_column", "answer_column")
@@ -29,14 +33,7 @@ def load_table(source: Union[str, Path], split: str = "train", subset: Optional[
     path = Path(source).expanduser()
     builder = FILE_BUILDERS.get(path.suffix.lower())
     if builder is not None:
-        if not path.is_file():
-            raise FileNotFoundError(f"Data file not found: {path}")
-        try:
-            return load_dataset(builder, data_files=str(path), split="train")
-        except ValueError as err:
-            if "no data" in str(err):  # datasets: 'Instruction "train" corresponds to no data!'
-                raise ValueError(f"The dataset file {path} is empty: no rows to convert.") from err
-            raise
+        return read_table_file(path, builder)
     if path.is_dir():
         return load_dataset(str(path), split=split)
     try:
@@ -86,8 +83,6 @@ def convert_auto(ds: Dataset, conversational: bool = False, **column_mapping: st
     if explicit_qra or {question, rationale, answer} <= columns:
         return from_question_rationale_answer(ds, question, rationale, answer, conversational=conversational)
     if _is_gsm8k_layout(ds, question, answer):
-        from .sources import gsm8k_to_prompt_completion
-
         return gsm8k_to_prompt_completion(ds, question, answer, conversational=conversational)
     raise ValueError(
         f"Unknown dataset layout: columns {list(ds.column_names)}. Accepted layouts: {ACCEPTED_LAYOUTS}."

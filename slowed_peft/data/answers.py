@@ -1,0 +1,168 @@
+"""The one answers module: the final answer line, its parsers, answer normalisation and safe arithmetic.
+
+Every CoT completion this package writes ends with the line ``So the answer is <answer>.`` (:func:`answer_line`).
+Two readers of such text live here, side by side:
+
+* :func:`extract_answer` is the exact inverse of :func:`answer_line` (data: read a gold answer back);
+* :func:`final_answer_segment` is the lenient parser for model generations (eval: also ``The answer is``,
+  ``Answer:``, ``####``, run-on few-shot questions, markdown around the answer).
+
+Two normalisations, for two jobs:
+
+* :func:`canonical_answer` is the gold-answer *text* written into data (one line, case kept, no final period);
+* :func:`normalize_answer` is a *comparison key* (lower-cased, quotes / markdown / ``(A)`` brackets dropped), never
+  written anywhere, only compared.
+
+:func:`eval_arithmetic` safely evaluates ``+ - * /`` expressions (SVAMP labels, answers such as ``(10 * 45)``).
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import re
+from typing import Any, Callable, Dict, Optional
+
+__all__ = [
+    "ANSWER_PREFIX",
+    "answer_line",
+    "canonical_answer",
+    "eval_arithmetic",
+    "extract_answer",
+    "final_answer_segment",
+    "format_number",
+    "normalize_answer",
+    "normalize_dashes",
+    "strip_answer_line",
+    "truncate_at_new_question",
+]
+
+ANSWER_PREFIX = "So the answer is"
+
+# The last "So the answer is X." line of a text (X may itself contain dots, e.g. "3.5").
+_ANSWER_LINE_RE = re.compile(rf"{ANSWER_PREFIX}\s*(.+?)\s*\.?\s*$", re.MULTILINE)
+# A trailing answer sentence a teacher rationale may already carry ("... So the answer is (B)." / "The answer is 4.").
+_TRAILING_ANSWER_RE = re.compile(r"(?:^|(?<=[.!?\n]))\s*(?:So the answer is|The answer is)[^\n]*$")
+# "So the answer is", "the answer is", "The final answer is", "Answer:", "####" (GSM8K style).
+_ANSWER_CUE_RE = re.compile(r"(?:the\s+(?:final\s+)?answer\s+is\s*:?|\banswer\s*:|####)", re.IGNORECASE)
+# A new few-shot question started by a model that keeps going after its answer (PaLM teachers, base models).
+_NEW_QUESTION_RE = re.compile(r"\n\s*(?:Q|Question)\s*:")
+_DASHES = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2014": "-", "\u2019": "'", "\u2018": "'"})
+_EDGE_JUNK = " \t\n\"'`*_"
+
+
+# ------------------------------------------------------------------------------------------- the answer line
+
+
+def canonical_answer(answer: Any) -> str:
+    """The gold answer as written into data: one stripped line, case kept, no trailing period.
+
+    ``ValueError`` naming the value when nothing is left (an empty answer cannot be learned or scored).
+    """
+    text = " ".join(str(answer).split())
+    if text.endswith("."):
+        text = text[:-1].rstrip()
+    if not text:
+        raise ValueError(f"Empty answer: {answer!r}.")
+    return text
+
+
+def format_number(value: float) -> str:
+    """A number as an answer string: integers without ``.0``; otherwise at most 6 decimals, trailing zeros dropped."""
+    if abs(value - round(value)) < 1e-9:
+        return str(int(round(value)))
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def answer_line(answer: Any) -> str:
+    """The fixed final line of every completion: ``So the answer is <answer>.``"""
+    return f"{ANSWER_PREFIX} {canonical_answer(answer)}."
+
+
+def extract_answer(text: str) -> Optional[str]:
+    """The answer of the last ``So the answer is <answer>.`` line in ``text``, else ``None`` (inverse of
+    :func:`answer_line`: case, quotes and brackets are kept)."""
+    matches = _ANSWER_LINE_RE.findall(text or "")
+    return matches[-1].strip() if matches else None
+
+
+def strip_answer_line(rationale: str) -> str:
+    """The rationale without a trailing "So the answer is ..." / "The answer is ..." sentence, stripped."""
+    return _TRAILING_ANSWER_RE.sub("", rationale.strip()).strip()
+
+
+# ------------------------------------------------------------------------------------- model generations
+
+
+def normalize_dashes(text: str) -> str:
+    """Unicode minus / en and em dashes as ``-`` and curly single quotes as ``'`` (model outputs use both)."""
+    return text.translate(_DASHES)
+
+
+def truncate_at_new_question(text: str) -> str:
+    """Cut a completion where the model starts a new ``Q:``/``Question:`` (few-shot run-on)."""
+    match = _NEW_QUESTION_RE.search(text)
+    return text[: match.start()] if match else text
+
+
+def final_answer_segment(text: str) -> Optional[str]:
+    """Text after the last answer cue (``So the answer is`` etc.) up to the end of that line, or ``None``.
+
+    The completion is first cut at a run-on ``Q:``. A trailing sentence period is removed (``"1,234."`` ->
+    ``"1,234"``), as are surrounding quotes, spaces and markdown emphasis.
+    """
+    text = truncate_at_new_question(normalize_dashes(text))
+    matches = list(_ANSWER_CUE_RE.finditer(text))
+    if not matches:
+        return None
+    segment = text[matches[-1].end() :].strip(" \t:")
+    segment = segment.split("\n", 1)[0]
+    segment = segment.strip(_EDGE_JUNK)
+    if segment.endswith("."):
+        segment = segment[:-1]
+    return segment.strip(_EDGE_JUNK)
+
+
+def normalize_answer(text: str) -> str:
+    """Comparison key of an answer: lower-case, spaces collapsed, edge quotes/markdown and a trailing ``.``/``!``
+    dropped; ``"(A)"`` -> ``"a"``. Brackets are only removed around a single token, so Dyck answers such as
+    ``") ]"`` survive. Compare keys; never write them into data (that is :func:`canonical_answer`)."""
+    text = " ".join(normalize_dashes(text).split()).lower()
+    previous = None
+    while text != previous:
+        previous, text = text, text.strip(_EDGE_JUNK).rstrip(".!")
+    match = re.fullmatch(r"\(\s*([^\s()]+)\s*\)", text)
+    return match.group(1) if match else text
+
+
+# ------------------------------------------------------------------------------------------------ arithmetic
+
+_OPS: Dict[type, Callable[..., float]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+}
+
+
+def eval_arithmetic(expression: str) -> float:
+    """Safely evaluate ``+ - * /`` arithmetic with parentheses (e.g. SVAMP's ``( ( 17.0 + 15.0 ) + 2.0 )``).
+
+    Anything else (names, calls, powers, booleans) and division by zero raise ``ValueError`` naming the expression.
+    """
+
+    def ev(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            return float(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.operand))
+        raise ValueError(f"Unsupported expression {expression!r}: only numbers, + - * / and parentheses.")
+
+    try:
+        return ev(ast.parse(expression.strip(), mode="eval").body)
+    except (SyntaxError, ZeroDivisionError) as err:
+        raise ValueError(f"Cannot evaluate {expression!r}: {err}") from err

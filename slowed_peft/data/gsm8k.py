@@ -1,0 +1,78 @@
+"""GSM8K: ``{"question", "answer": "...<<a=b>>...\\n#### 42"}`` JSON lines, read for training and for evaluation.
+
+One locator (:func:`gsm8k_file`) and one solution parser (:func:`parse_gsm8k_answer`) serve both
+:func:`load_gsm8k` (prompt-completion rows) and :func:`read_gsm8k` (plain dicts, used by the evaluation loader).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from datasets import Dataset
+
+from .answers import canonical_answer
+from .formats import check_columns, clip_limit, to_prompt_completion
+from .readers import data_root, find_data_file, read_json_lines, read_table_file
+
+PathLike = Union[str, Path]
+
+GSM8K_FILES = ("gsm8k/{split}.jsonl", "gsm8k/grade_school_math/data/{split}.jsonl")
+_CALCULATOR_RE = re.compile(r"<<[^>]*>>")
+
+
+def parse_gsm8k_answer(solution: str) -> Tuple[str, str]:
+    """``(rationale, answer)`` from a GSM8K worked solution: ``<<...>>`` annotations removed, answer after ``####``.
+
+    Thousands separators are dropped from the answer (``1,080`` -> ``1080``).
+    """
+    body, sep, final = solution.rpartition("####")
+    if not sep:
+        raise ValueError(f"GSM8K solution has no '#### <answer>' line: {solution[-80:]!r}")
+    rationale = _CALCULATOR_RE.sub("", body).strip()
+    answer = final.strip().replace(",", "")
+    return rationale, canonical_answer(answer)
+
+
+def gsm8k_file(split: str = "train", path: Optional[PathLike] = None, data_dir: Optional[PathLike] = None) -> Path:
+    """The GSM8K ``split`` file: ``path`` itself (a ``.jsonl``) or ``path/{split}.jsonl`` (a folder); without
+    ``path``, the GSM8K file of the data folder (``data_dir`` or ``$SLOWED_DATA_DIR``)."""
+    if path is not None:
+        path = Path(path).expanduser()
+        return path / f"{split}.jsonl" if path.is_dir() else path
+    return find_data_file(data_root(data_dir), *(f.format(split=split) for f in GSM8K_FILES))
+
+
+def read_gsm8k(
+    split: str = "test", path: Optional[PathLike] = None, data_dir: Optional[PathLike] = None, limit: Optional[int] = None
+) -> List[Dict[str, str]]:
+    """The first ``limit`` GSM8K rows as ``{"question", "rationale", "answer"}`` dicts (see :func:`gsm8k_file`)."""
+    rows = read_json_lines(gsm8k_file(split, path, data_dir), limit)
+    return [dict(zip(("rationale", "answer"), parse_gsm8k_answer(r["answer"])), question=r["question"]) for r in rows]
+
+
+def gsm8k_to_prompt_completion(
+    ds: Dataset, question_column: str = "question", answer_column: str = "answer", conversational: bool = False
+) -> Dataset:
+    """Convert GSM8K-layout rows (a question and a ``#### answer`` worked solution), e.g. a Hub copy of GSM8K."""
+    check_columns(ds, [question_column, answer_column])
+
+    def convert(example: Dict[str, Any]) -> Dict[str, Any]:
+        rationale, answer = parse_gsm8k_answer(example[answer_column])
+        return to_prompt_completion(example[question_column], rationale, answer, conversational)
+
+    return ds.map(convert, remove_columns=ds.column_names)
+
+
+def load_gsm8k(
+    path: Optional[PathLike] = None, split: str = "train", limit: Optional[int] = None, conversational: bool = False
+) -> Dataset:
+    """GSM8K from a ``.jsonl`` file, or a folder holding ``{split}.jsonl`` (default: the data folder's GSM8K).
+
+    The file is read as an Arrow table, so ``datasets`` caches this and every later ``map`` (tokenizing, entropy).
+    """
+    ds = read_table_file(gsm8k_file(split, path))
+    if limit is not None:
+        ds = ds.select(range(clip_limit(len(ds), limit)))
+    return gsm8k_to_prompt_completion(ds, conversational=conversational)
