@@ -503,7 +503,7 @@ def _data_root():
         return None
 
 
-@pytest.mark.skipif(_data_root() is None, reason="no data folder (../shared/data or $SLOWED_DATA_DIR)")
+@pytest.mark.skipif(_data_root() is None, reason="no data folder: $SLOWED_DATA_DIR unset")
 def test_real_data_dir_row_counts():
     root = data_dir()
     sources = {"gsm8k": "gsm8k/train.jsonl", "svamp": "distill_step_by_step/svamp", "cqa": "distill_step_by_step/cqa",

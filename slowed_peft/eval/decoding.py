@@ -3,8 +3,8 @@
 ``model.generate`` carries every row until the longest one ends. A decode step of a small model on CPU costs
 roughly in proportion to the rows it carries, and evaluation answers vary a lot in length (a refusal ends after a
 dozen tokens, a compliance runs to the limit; CoT answers range from 15 to 128+ tokens), so most steps are spent
-on rows that are done. :func:`greedy_decode_pruned` returns exactly what greedy ``generate`` returns (checked in
-``tests/test_decoding.py``) and is used by :func:`~slowed_peft.eval.generation.generate_ids` whenever
+on rows that are done. :func:`greedy_decode_pruned` returns exactly what greedy ``generate`` returns (checked by the
+test suite) and is used by :func:`~slowed_peft.eval.generation.generate_ids` whenever
 :func:`supports_pruned_decoding` says the model and its generation config allow it; otherwise ``generate`` runs.
 """
 

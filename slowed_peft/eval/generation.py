@@ -152,9 +152,9 @@ def generate_ids(
     The continuation is cut after the first EOS token (which is kept) and carries no padding. Prompts are sorted
     by length before batching (less padding) and left-padded; the tokenizer is not modified. With
     ``prune_finished`` (and a model that allows it, see :mod:`~slowed_peft.eval.decoding`) finished rows leave the
-    batch early — same tokens as ``model.generate``; 0.74× its time on 64 SVAMP problems (docs/performance.md) —
+    batch early — same tokens as ``model.generate``; 0.74× its time on 64 SVAMP problems —
     and, with ``share_prefix``, the token prefix common to a whole batch (chat system prompt, few-shot examples) is
-    prefilled once (mathematically the same logits; greedy tokens checked equal in ``benchmarks/bench_decoding.py``).
+    prefilled once (mathematically the same logits; greedy tokens checked equal by the decoding benchmark).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")

@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from ..utils.paths import data_dir as default_data_dir
+from ..data.readers import data_root
 
 __all__ = ["BENIGN_PROMPTS", "HARMFUL_PROBES", "load_advbench", "split_advbench"]
 
@@ -119,8 +119,7 @@ def load_advbench(
     ``train_fraction`` and ``seed``). ``limit`` applies after the split.
     """
     if path is None:
-        root = default_data_dir(required=True)
-        path = root / "advbench" / "harmful_behaviors.csv"
+        path = data_root() / "advbench" / "harmful_behaviors.csv"
     candidate = Path(str(path)).expanduser()
     if candidate.is_dir():
         inside = [candidate / "harmful_behaviors.csv", candidate / "advbench" / "harmful_behaviors.csv"]
