@@ -1,21 +1,21 @@
 """slowed_peft: SLowED (Slow Tuning + Low-Entropy Masking) for safe chain-of-thought distillation, as a PEFT method.
 
-``import slowed_peft`` registers the ``SLOWED`` PEFT type, so ``get_peft_model(model, SLowEDConfig(...))``,
-``PeftModel.from_pretrained`` and ``AutoPeftModelForCausalLM.from_pretrained`` work for SLowED adapters.
+``import slowed_peft`` registers the ``SLOWED`` PEFT type (in :mod:`slowed_peft.tuner`; the only import-time effect),
+so ``get_peft_model(model, SLowEDConfig(...))``, ``PeftModel.from_pretrained`` and
+``AutoPeftModelForCausalLM.from_pretrained`` work for SLowED adapters.
 The TRL-facing names (collator, trainer, entropy helpers) load lazily, so the import stays light for inference.
 """
 
 from importlib import import_module
 from typing import Any
 
-from ._registration import register_slowed
-from .tuner import Linear, SLowEDConfig, SLowEDLayer, SLowEDModel
+from .tuner import SLOWED, Linear, SLowEDConfig, SLowEDLayer, SLowEDModel, register_slowed
 from .tuner.drift import WeightDrift, weight_drift
 from .tuner.export import LoraExportReport, export_as_lora
 
 __version__ = "0.1.0"
 
-PeftTypeSLOWED = register_slowed()
+PeftTypeSLOWED = SLOWED  # importing .tuner registered it
 
 _LAZY = {
     "EntropyMaskingCollator": "masking",

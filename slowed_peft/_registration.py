@@ -1,53 +1,10 @@
-"""Register SLowED as a PEFT method: add ``PeftType.SLOWED`` and call ``register_peft_method`` (idempotently).
+"""Former home of the registration helpers, kept so ``from slowed_peft._registration import ...`` keeps working.
 
-PEFT 0.21 has no plugin mechanism: ``register_peft_method`` only accepts names that already are ``PeftType``
-members, and registering twice raises. We extend the enum at runtime (name == value, so PEFT's lookups with the raw
-string from ``adapter_config.json`` hash to the member) and guard the registration so that a second import, an
-``importlib.reload`` or a duplicated module path never raises nor disturbs built-in methods.
+Registration now happens in :mod:`slowed_peft.tuner` (its ``__init__`` registers, as PEFT's own tuners do); this
+module only re-exports, so it imports downward and creates no cycle.
 """
 
-from __future__ import annotations
+from .tuner import register_slowed
+from .tuner.registration import PEFT_TYPE_NAME, PREFIX, ensure_peft_type
 
-from peft.utils.peft_types import PeftType
-
-PEFT_TYPE_NAME = "SLOWED"
-PREFIX = "slowed_"
-
-
-def ensure_peft_type(name: str = PEFT_TYPE_NAME) -> PeftType:
-    """Return ``PeftType[name]``, adding the member (name == value) if it does not exist yet."""
-    if name in PeftType.__members__:
-        return PeftType[name]
-    member = str.__new__(PeftType, name)
-    member._name_ = name
-    member._value_ = name
-    member.__objclass__ = PeftType
-    member._sort_order_ = len(PeftType._member_names_)
-    type.__setattr__(PeftType, name, member)  # EnumType.__setattr__ refuses to rebind members; this is a new one
-    PeftType._member_names_.append(name)
-    PeftType._member_map_[name] = member
-    PeftType._value2member_map_[name] = member
-    return member
-
-
-def register_slowed() -> PeftType:
-    """Make PEFT aware of SLowED. Safe to call any number of times; later calls rebind to the current classes."""
-    from peft.mapping import (
-        PEFT_TYPE_TO_CONFIG_MAPPING,
-        PEFT_TYPE_TO_PREFIX_MAPPING,
-        PEFT_TYPE_TO_TUNER_MAPPING,
-    )
-    from peft.utils import register_peft_method
-
-    from .tuner.config import SLowEDConfig
-    from .tuner.model import SLowEDModel
-
-    peft_type = ensure_peft_type(PEFT_TYPE_NAME)
-    if peft_type in PEFT_TYPE_TO_CONFIG_MAPPING:
-        # Re-import or reload: point the mappings at the classes of this module instance.
-        PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] = SLowEDConfig
-        PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = SLowEDModel
-        PEFT_TYPE_TO_PREFIX_MAPPING[peft_type] = PREFIX
-    else:
-        register_peft_method(name=PEFT_TYPE_NAME.lower(), config_cls=SLowEDConfig, model_cls=SLowEDModel, prefix=PREFIX)
-    return peft_type
+__all__ = ["PEFT_TYPE_NAME", "PREFIX", "ensure_peft_type", "register_slowed"]

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from testing_utils import batch
@@ -10,7 +15,7 @@ from transformers.pytorch_utils import Conv1D
 
 from slowed_peft import SLowEDConfig
 from slowed_peft.tuner.functional import trust_region_scale
-from slowed_peft.tuner.layer import Linear
+from slowed_peft.tuner.layer import Linear, _OptimizerSteps
 
 
 def make_layer(kind: str, granularity: str, rho, r=None, seed=0):
@@ -62,10 +67,10 @@ def test_effective_weight_is_cached_until_delta_changes():
     layer = make_layer("linear", "matrix", 0.05)
     x = torch.randn(2, 24)
     layer(x)
-    first = layer._weight_cache[1]
+    first = layer._weight_cache.weight
     version = first._version
     layer(x)
-    assert layer._weight_cache[1] is first and first._version == version  # no rebuild
+    assert layer._weight_cache.weight is first and first._version == version  # no rebuild
     with torch.no_grad():
         layer.slowed_delta["default"].mul_(0.5)
     out = layer(x)
@@ -84,6 +89,65 @@ def test_cache_follows_every_optimizer_kind(optim_kwargs):
         opt.step()
         opt.zero_grad()
         torch.testing.assert_close(layer(x), reference_forward(layer, x), rtol=1e-5, atol=1e-6)
+
+
+def test_fused_adamw_step_leaves_versions_alone_yet_the_cached_weight_refreshes():
+    """Why the step counter exists: a fused step does not bump ``_version``, so only the counter invalidates."""
+    layer = make_layer("linear", "matrix", 10.0)
+    delta = layer.slowed_delta["default"]
+    x = torch.randn(3, 24)
+    opt = torch.optim.AdamW([delta], lr=0.01, fused=True)
+    layer(x).sum().backward()
+    version = delta._version
+    opt.step()
+    assert delta._version == version, "fused AdamW now bumps _version; the optimizer-step counter may be unneeded"
+    torch.testing.assert_close(layer(x), reference_forward(layer, x), rtol=1e-5, atol=1e-6)
+
+
+def test_only_optimizers_holding_slowed_tensors_are_counted():
+    layer = make_layer("linear", "matrix", 0.05)
+    x = torch.randn(2, 24)
+    layer(x)  # builds the cache: the layer is now watched
+    other = torch.nn.Linear(4, 4)
+    other(torch.randn(1, 4)).sum().backward()
+    foreign = torch.optim.AdamW(other.parameters(), lr=0.1, fused=True)
+    mine = torch.optim.SGD([layer.slowed_delta["default"]], lr=0.1)
+    before = _OptimizerSteps.count
+    foreign.step()
+    foreign.step()
+    assert _OptimizerSteps.count == before
+    cache = layer._weight_cache
+    layer(x)
+    assert layer._weight_cache is cache  # a foreign step does not invalidate the cached weight
+    mine.step()
+    assert _OptimizerSteps.count == before + 1
+    foreign.add_param_group({"params": [layer.get_base_layer().weight]})  # now it updates W0 too: counted
+    foreign.step()
+    assert _OptimizerSteps.count == before + 2
+
+
+def test_importing_registers_no_optimizer_hook_until_a_layer_caches(tmp_path):
+    script = textwrap.dedent(
+        """
+        import json
+        import torch
+        from torch.optim import optimizer
+        hooks = lambda: len(optimizer._global_optimizer_post_hooks)
+        counts = [hooks()]
+        import slowed_peft, slowed_peft.tuner.layer
+        counts.append(hooks())
+        layers = [slowed_peft.Linear(torch.nn.Linear(8, 4), "default", slowed_peft.SLowEDConfig()) for _ in range(2)]
+        counts.append(hooks())
+        for layer in layers:
+            layer(torch.randn(2, 8))  # the fused dense path builds its cached weight
+            counts.append(hooks())
+        print(json.dumps(counts))
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    start = json.loads(res.stdout.strip().splitlines()[-1])[0]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == [start, start, start, start + 1, start + 1]
 
 
 def test_bf16_base_with_fp32_adapter_trains(tiny_llama):
@@ -133,8 +197,6 @@ def test_gradient_checkpointing_gives_same_loss_and_grads(tiny_llama, r):
 @pytest.mark.parametrize("granularity", ["matrix", "row"])
 @pytest.mark.parametrize("rho", [None, 0.001, 10.0])
 def test_low_rank_scale_gradient_matches_autograd_reference(granularity, rho):
-    from slowed_peft.tuner.functional import low_rank_sq_norm
-
     layer = make_layer("linear", granularity, rho, r=4, seed=1)
     a, b = layer.slowed_A["default"], layer.slowed_B["default"]
     x, g = torch.randn(5, 24), torch.randn(5, 16)
@@ -144,7 +206,8 @@ def test_low_rank_scale_gradient_matches_autograd_reference(granularity, rho):
     # reference: plain differentiable ops through the norm, clamp and rescale
     per_row = granularity == "row"
     w0n = layer.slowed_w0_norm["default"].reshape(-1, 1) if per_row else layer.slowed_w0_norm["default"]
-    c = trust_region_scale(low_rank_sq_norm(a, b, per_row), w0n, 0.5, rho) if rho is not None else 0.5
+    sq = (b @ a).pow(2).sum(dim=1, keepdim=True) if per_row else (b @ a).pow(2).sum()  # ‖B@A‖², built in full
+    c = trust_region_scale(sq, w0n, 0.5, rho) if rho is not None else 0.5
     ref = layer.base_layer(x) + x @ a.T @ (b * c).T
     (ref * g).sum().backward()
     torch.testing.assert_close(fused[0], a.grad, rtol=1e-4, atol=1e-6)

@@ -1,7 +1,22 @@
-"""SLowED as a PEFT tuner (config / layer / model), registered with PEFT on import."""
+"""SLowED's Slow Tuning as a PEFT tuner (config / layer / model); importing this package registers ``SLOWED``.
+
+As in ``peft/tuners/delora/__init__.py``, the package ``__init__`` registers the method and none of its modules
+imports back up, so there is no cycle and no other import-time side effect.
+"""
+
+from peft.utils.peft_types import PeftType
 
 from .config import SLowEDConfig
 from .layer import Linear, SLowEDLayer
 from .model import SLowEDModel
+from .registration import register_peft_type
 
-__all__ = ["Linear", "SLowEDConfig", "SLowEDLayer", "SLowEDModel"]
+
+def register_slowed() -> PeftType:
+    """Make PEFT aware of SLowED (``PeftType.SLOWED``). Safe to call any number of times; returns the member."""
+    return register_peft_type(SLowEDConfig, SLowEDModel)
+
+
+SLOWED = register_slowed()
+
+__all__ = ["SLOWED", "Linear", "SLowEDConfig", "SLowEDLayer", "SLowEDModel", "register_slowed"]

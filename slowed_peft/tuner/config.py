@@ -8,29 +8,62 @@ from typing import Literal, Optional, Union
 
 from peft.config import PeftConfig
 
-from .._registration import ensure_peft_type
+from .registration import PEFT_TYPE_NAME, ensure_peft_type
 
 DRIFT_GRANULARITIES = ("matrix", "row")
 
 
 @dataclass
 class SLowEDConfig(PeftConfig):
-    """Configuration of a SLowED (Slow Tuning) adapter.
+    """Configures **Slow Tuning**, the weight-space half of SLowED, as a PEFT adapter (a [`SLowEDModel`]).
 
-    Every targeted layer computes with ``W = W0 + ΔW`` where ``ΔW = γ·D`` (``γ = slow_factor``) and ``D`` is a
-    dense trainable matrix (``r=None``) or ``B @ A`` of rank ``r``. With ``max_drift = ρ`` the delta is rescaled in
-    the forward pass so that ``‖ΔW‖ ≤ ρ‖W0‖`` (Frobenius per matrix, or per output row) always holds.
+    Every targeted layer computes with `W = W0 + ΔW`, where `ΔW = γ·D` (`γ = slow_factor`) and `D` is a dense
+    trainable matrix (`r=None`) or `B @ A` of rank `r`. With `max_drift = ρ` the delta is rescaled in the forward pass
+    so that `‖ΔW‖ ≤ ρ‖W0‖` (Frobenius per matrix, or per output row) holds after every step and in merged weights.
+    Low-Entropy Masking, the other half, is configured by `SLowEDSFTConfig`.
 
     Args:
-        r: ``None`` for a dense, full-rank delta (like full fine-tuning); an int >= 1 for a low-rank ``B @ A``.
-        slow_factor: γ in (0, 1]. Under Adam this equals a learning-rate scale of γ (see README "Method").
-        max_drift: ρ > 0, the hard trust region ``‖W − W0‖ ≤ ρ‖W0‖``; ``None`` disables it.
-        drift_granularity: ``"matrix"`` bounds each weight matrix, ``"row"`` bounds each output unit's row.
-        target_modules / exclude_modules / layers_to_transform / layers_pattern: PEFT's usual targeting fields;
-            ``"all-linear"`` targets every ``nn.Linear`` / ``Conv1D`` except the output layer.
-        init_weights: ``True`` starts from ``ΔW = 0`` (outputs equal the base model's); ``False`` draws a random
+        r (`int`, *optional*, defaults to `None`):
+            `None` for a dense, full-rank delta (like full fine-tuning); an integer >= 1 for a low-rank `B @ A`.
+        slow_factor (`float`, defaults to `0.1`):
+            γ in (0, 1]. Under Adam this is exactly a learning-rate scale of γ (see README "Method"); the trust
+            region is what really bounds the drift.
+        max_drift (`float`, *optional*, defaults to `0.05`):
+            ρ > 0, the hard trust region `‖W − W0‖ ≤ ρ‖W0‖`; `None` disables it.
+        drift_granularity (`str`, defaults to `"matrix"`):
+            `"matrix"` bounds each weight matrix, `"row"` bounds each output unit's row.
+        target_modules (`Optional[Union[list[str], str]]`, defaults to `None`):
+            Module names (exact or suffix match) or a regex to wrap. `"all-linear"` targets every `nn.Linear` /
+            `Conv1D` except the output layer; `None` uses PEFT's per-architecture defaults (LoRA's).
+        exclude_modules (`Optional[Union[list[str], str]]`, defaults to `None`):
+            Module names or a regex to leave out.
+        layers_to_transform (`Union[list[int], int]`, *optional*, defaults to `None`):
+            Only wrap the layers with these indices.
+        layers_pattern (`Optional[Union[list[str], str]]`, defaults to `None`):
+            Name of the layer list (e.g. `"layers"` or `"h"`), used together with `layers_to_transform`.
+        init_weights (`bool`, defaults to `True`):
+            `True` starts from `ΔW = 0` (outputs equal the base model's bit for bit); `False` draws a random
             non-zero delta (testing only).
-        modules_to_save / trainable_token_indices: extra fully trained modules / token rows, as in LoRA.
+        modules_to_save (`list[str]`, *optional*, defaults to `None`):
+            Modules, apart from the SLowED layers, trained in full and saved with the adapter.
+        trainable_token_indices (`Union[list[int], dict[str, list[int]]]`, *optional*, defaults to `None`):
+            Token ids whose embedding rows are trained, as in LoRA.
+
+    Example:
+
+    ```py
+    >>> import slowed_peft  # registers the SLOWED PEFT type
+    >>> from peft import get_peft_model
+    >>> from transformers import AutoModelForCausalLM, LlamaConfig
+    >>> model = AutoModelForCausalLM.from_config(LlamaConfig(
+    ...     vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2))
+    >>> config = slowed_peft.SLowEDConfig(target_modules="all-linear", slow_factor=0.1, max_drift=0.05)
+    >>> peft_model = get_peft_model(model, config)
+    >>> peft_model.peft_config["default"].peft_type
+    <PeftType.SLOWED: 'SLOWED'>
+    >>> slowed_peft.weight_drift(peft_model).max  # ΔW = 0 at initialisation
+    0.0
+    ```
     """
 
     r: Optional[int] = field(default=None, metadata={"help": "None: dense delta; int: rank of B @ A."})
@@ -66,7 +99,7 @@ class SLowEDConfig(PeftConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.peft_type = ensure_peft_type("SLOWED")
+        self.peft_type = ensure_peft_type(PEFT_TYPE_NAME)
         for name in ("target_modules", "exclude_modules"):
             value = getattr(self, name)
             if isinstance(value, list):

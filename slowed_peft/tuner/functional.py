@@ -6,7 +6,7 @@ w.r.t. ``D`` is ``γ·G``; outside it is ``c·(G − ⟨G,D⟩/‖D‖²·D)`` (
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,14 @@ import torch.nn.functional as F
 SQ_NORM_FLOOR = 1e-24
 
 Scale = Union[float, torch.Tensor]
+
+
+class Clipped(NamedTuple):
+    """Where a dense delta's trust region binds: ``mask`` is a bool tensor (scalar, or one per output row) that is
+    True where ``‖γ·D‖ > ρ‖W0‖``; ``row_dim`` is the axis a per-row norm reduces (``None``: whole matrix)."""
+
+    mask: torch.Tensor
+    row_dim: Optional[int]
 
 
 def trust_region_scale(sq_norm: torch.Tensor, w0_norm: torch.Tensor, gamma: float, rho: Optional[float]) -> Scale:
@@ -40,15 +48,6 @@ def sq_norm_no_grad(d: torch.Tensor, row_dim: Optional[int]) -> torch.Tensor:
     return n * n
 
 
-def low_rank_sq_norm(lora_a: torch.Tensor, lora_b: torch.Tensor, per_row: bool) -> torch.Tensor:
-    """``‖B@A‖²`` without building ``B@A``: ``trace((BᵀB)(AAᵀ))``, or row-wise ``((B·AAᵀ) ⊙ B).sum(1)``."""
-    a, b = lora_a.float(), lora_b.float()
-    aat = a @ a.T
-    if per_row:
-        return ((b @ aat) * b).sum(dim=1, keepdim=True)
-    return ((b.T @ b) * aat).sum()
-
-
 class DenseDeltaLinear(torch.autograd.Function):
     """``y = x·W_effᵀ + b`` with ``W_eff = W0 + Σ c_a·D_a`` precomputed; backward gives each ``D_a`` its gradient.
 
@@ -58,7 +57,7 @@ class DenseDeltaLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight_eff, bias, transposed, scales, projections, *deltas):  # noqa: D102
+    def forward(ctx, x, weight_eff, bias, transposed, scales, clipped, *deltas):  # noqa: D102
         if transposed:  # transformers' Conv1D: weight is (in, out), y = x @ W + b
             size_out = x.shape[:-1] + (weight_eff.shape[1],)
             out = torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight_eff).view(size_out)
@@ -66,7 +65,7 @@ class DenseDeltaLinear(torch.autograd.Function):
             out = F.linear(x, weight_eff, bias)
         ctx.transposed = transposed
         ctx.scales = scales
-        ctx.projections = projections
+        ctx.clipped = clipped
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, weight_eff, *deltas)
         return out
@@ -83,7 +82,7 @@ class DenseDeltaLinear(torch.autograd.Function):
             grad_bias = g2.sum(0)
         if len(deltas) == 1 and ctx.needs_input_grad[6]:  # the common case: scale folded into the product
             return (grad_x, None, grad_bias, None, None, None,
-                    _single_delta_grad(x2, g2, deltas[0], ctx.scales[0], ctx.projections[0], ctx.transposed))
+                    _single_delta_grad(x2, g2, deltas[0], ctx.scales[0], ctx.clipped[0], ctx.transposed))
         grad_deltas = []
         grad_w = None
         for i, delta in enumerate(deltas):
@@ -92,69 +91,56 @@ class DenseDeltaLinear(torch.autograd.Function):
                 continue
             if grad_w is None:
                 grad_w = x2.T @ g2 if ctx.transposed else g2.T @ x2
-            grad_deltas.append(_delta_grad(grad_w, delta, ctx.scales[i], ctx.projections[i]))
+            grad_deltas.append(_delta_grad(grad_w, delta, ctx.scales[i], ctx.clipped[i]))
         return (grad_x, None, grad_bias, None, None, None, *grad_deltas)
 
 
-def _is_clipped(projection) -> bool:
-    return projection is not None and bool(projection[0].any())
+def _is_clipped(clipped: Optional[Clipped]) -> bool:
+    return clipped is not None and bool(clipped.mask.any())
 
 
-def _single_delta_grad(x2, g2, delta, scale: Scale, projection, transposed: bool) -> torch.Tensor:
+def _single_delta_grad(x2, g2, delta, scale: Scale, clipped: Optional[Clipped], transposed: bool) -> torch.Tensor:
     """``∂L/∂D`` for one delta without weight-sized temporaries: inside the trust region the scale ``c`` multiplies
     the smaller GEMM operand (tokens × out) or the product in place; on the boundary the projection is in place."""
     tokens, out_features = g2.shape
     in_features = x2.shape[-1]
-    clipped = _is_clipped(projection)
-    fold = not clipped and tokens < in_features  # scaling g2 touches fewer numbers than scaling the product
+    on_boundary = _is_clipped(clipped)
+    fold = not on_boundary and tokens < in_features  # scaling g2 touches fewer numbers than scaling the product
     if fold:
         g2 = g2 * (scale if isinstance(scale, float) or scale.dim() == 0 else scale.reshape(1, -1))
     grad = (x2.T @ g2 if transposed else g2.T @ x2).to(delta.dtype)
-    if clipped:
-        row_dim = projection[1]
+    if on_boundary:
+        row_dim = clipped.row_dim
         dots = (grad * delta).sum() if row_dim is None else (grad * delta).sum(dim=row_dim, keepdim=True)
         k = dots / sq_norm_no_grad(delta, row_dim).clamp_min(SQ_NORM_FLOOR)
-        k = torch.where(projection[0], k, torch.zeros_like(k)).to(delta.dtype)
+        k = torch.where(clipped.mask, k, torch.zeros_like(k)).to(delta.dtype)
         grad.addcmul_(delta, k, value=-1.0)
     if not fold:
         grad.mul_(scale)
     return grad
 
 
-def _delta_grad(grad_w: torch.Tensor, delta: torch.Tensor, scale: Scale, projection) -> torch.Tensor:
+def _delta_grad(grad_w: torch.Tensor, delta: torch.Tensor, scale: Scale, clipped: Optional[Clipped]) -> torch.Tensor:
     """Chain rule through ``ΔW = c(D)·D``: ``c·(G − k·D)``, ``k = ⟨G,D⟩/‖D‖²`` where the trust region is active."""
     g = grad_w.to(delta.dtype)
-    if projection is None:
+    if not _is_clipped(clipped):
         return g * scale
-    clipped, row_dim = projection  # clipped: bool tensor (scalar or per row)
-    if not bool(clipped.any()):
-        return g * scale
+    row_dim = clipped.row_dim
     dots = (g * delta).sum() if row_dim is None else (g * delta).sum(dim=row_dim, keepdim=True)
     k = dots / sq_norm(delta, row_dim).clamp_min(SQ_NORM_FLOOR)
-    k = torch.where(clipped, k, torch.zeros_like(k))
+    k = torch.where(clipped.mask, k, torch.zeros_like(k))
     return (g - k.to(delta.dtype) * delta) * scale
 
 
-def dense_scales(
-    deltas: Sequence[torch.Tensor],
-    w0_norms: Sequence[torch.Tensor],
-    gammas: Sequence[float],
-    rhos: Sequence[Optional[float]],
-    row_dim: Optional[int],
-) -> tuple[list[Scale], list]:
-    """Non-differentiable scales ``c_a`` and trust-region activity for each dense delta (used by the fused path)."""
-    scales, projections = [], []
+def dense_scale(
+    delta: torch.Tensor, w0_norm: torch.Tensor, gamma: float, rho: Optional[float], row_dim: Optional[int]
+) -> tuple[Scale, Optional[Clipped]]:
+    """Non-differentiable scale ``c`` of one dense delta and where its trust region binds (for the fused path)."""
+    if rho is None:
+        return gamma, None
     with torch.no_grad():
-        for d, w0n, gamma, rho in zip(deltas, w0_norms, gammas, rhos):
-            if rho is None:
-                scales.append(gamma)
-                projections.append(None)
-                continue
-            c = trust_region_scale(sq_norm_no_grad(d, row_dim), w0n, gamma, rho)
-            clipped = c < gamma
-            scales.append(c.to(d.dtype))
-            projections.append((clipped, row_dim))
-    return scales, projections
+        c = trust_region_scale(sq_norm_no_grad(delta, row_dim), w0_norm, gamma, rho)
+    return c.to(delta.dtype), Clipped(c < gamma, row_dim)
 
 
 class LowRankTrustRegionScale(torch.autograd.Function):

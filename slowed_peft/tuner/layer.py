@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Optional
+import weakref
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +16,11 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers.pytorch_utils import Conv1D
 
 from .functional import (
+    Clipped,
     DenseDeltaLinear,
     LowRankTrustRegionScale,
-    dense_scales,
+    Scale,
+    dense_scale,
     sq_norm,
     trust_region_scale,
 )
@@ -31,20 +34,53 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 
 
 class _OptimizerSteps:
-    """Counts ``optimizer.step()`` calls of every torch optimizer in the process.
+    """Counts ``step()`` calls of the optimizers that update what a cached effective weight is built from.
 
-    The cached effective weight is keyed on it as well as on tensor version counters, because fused optimizers
-    (``AdamW(fused=True)``, transformers' default ``adamw_torch_fused``) update parameters without bumping them.
+    The cache is keyed on this count as well as on tensor version counters, because fused optimizers
+    (``AdamW(fused=True)``, transformers' default ``adamw_torch_fused``) update parameters without bumping them. The
+    process-wide post-step hook is registered when the first layer builds a cache (not at import), and only counts
+    optimizers holding a dense delta or a base weight of such a layer. Whether an optimizer does is decided once per
+    optimizer, param-group layout and set of caching layers, so a step costs a dict lookup.
     """
 
     count = 0
+    _hook_handle = None
+    _layers: "weakref.WeakSet[SLowEDLayer]" = weakref.WeakSet()
+    _generation = 0  # bumped when a layer starts caching, so that earlier verdicts are recomputed
+    _verdicts: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple]" = weakref.WeakKeyDictionary()
 
     @classmethod
-    def hook(cls, optimizer, args, kwargs) -> None:
-        cls.count += 1
+    def track(cls, layer: "SLowEDLayer") -> None:
+        """Count from now on the steps of optimizers that hold ``layer``'s cached inputs."""
+        if layer not in cls._layers:
+            cls._layers.add(layer)
+            cls._generation += 1
+        if cls._hook_handle is None:
+            cls._hook_handle = register_optimizer_step_post_hook(cls._after_step)
+
+    @classmethod
+    def _after_step(cls, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        layout = (cls._generation, tuple(len(group["params"]) for group in optimizer.param_groups))
+        verdict = cls._verdicts.get(optimizer)
+        if verdict is None or verdict[0] != layout:
+            verdict = (layout, cls._updates_cached_inputs(optimizer))
+            cls._verdicts[optimizer] = verdict
+        if verdict[1]:
+            cls.count += 1
+
+    @classmethod
+    def _updates_cached_inputs(cls, optimizer: torch.optim.Optimizer) -> bool:
+        watched = {id(t) for layer in list(cls._layers) for t in layer._cache_inputs()}
+        return any(id(p) in watched for group in optimizer.param_groups for p in group["params"])
 
 
-register_optimizer_step_post_hook(_OptimizerSteps.hook)
+class _EffectiveWeight(NamedTuple):
+    """The fused path's cache: ``weight = W0 + Σ c_a·D_a`` with each delta's scale and trust-region state."""
+
+    key: tuple  # optimizer steps, adapters, identities and versions of W0 and the deltas, their settings
+    weight: torch.Tensor
+    scales: list[Scale]
+    clipped: list[Optional[Clipped]]
 
 
 class SLowEDLayer(BaseTunerLayer):
@@ -70,7 +106,7 @@ class SLowEDLayer(BaseTunerLayer):
         self.slowed_w0_norm = BufferDict({}, persistent=True)
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
-        self._weight_cache: Optional[tuple[tuple, torch.Tensor, list, list]] = None
+        self._weight_cache: Optional[_EffectiveWeight] = None
         self.kwargs = kwargs
 
         base = self.get_base_layer()
@@ -198,9 +234,9 @@ class SLowEDLayer(BaseTunerLayer):
     def _adapter_names(self) -> list[str]:
         return [*self.slowed_delta.keys(), *self.slowed_A.keys()]
 
-    def invalidate_cache(self) -> None:
-        """Drop the cached effective weight (done automatically when a delta or the base weight changes)."""
-        self._weight_cache = None
+    def _cache_inputs(self) -> list[torch.Tensor]:
+        """The tensors a cached effective weight is built from: the base weight and every dense delta."""
+        return [self.get_base_layer().weight, *self.slowed_delta.values()]
 
 
 def unsupported_layer_error(layer: nn.Module) -> ValueError:
@@ -297,13 +333,11 @@ class Linear(nn.Module, SLowEDLayer):
 
     def _fused_dense_forward(self, x: torch.Tensor, dense: list[str]) -> torch.Tensor:
         base = self.get_base_layer()
-        weight_eff, scales, projections = self._effective_weight(dense)
+        cache = self._effective_weight(dense)
         deltas = [self.slowed_delta[a] for a in dense]
-        return DenseDeltaLinear.apply(
-            x, weight_eff, base.bias, self.is_conv1d, scales, projections, *deltas
-        )
+        return DenseDeltaLinear.apply(x, cache.weight, base.bias, self.is_conv1d, cache.scales, cache.clipped, *deltas)
 
-    def _effective_weight(self, dense: list[str]) -> tuple[torch.Tensor, list, list]:
+    def _effective_weight(self, dense: list[str]) -> _EffectiveWeight:
         """``W0 + Σ c_a·D_a`` in a persistent buffer, rebuilt in place only when a delta or W0 changed."""
         w0 = self.get_base_layer().weight
         deltas = [self.slowed_delta[a] for a in dense]
@@ -317,28 +351,27 @@ class Linear(nn.Module, SLowEDLayer):
             tuple((self.slow_factor[a], self.max_drift[a], self.drift_granularity[a]) for a in dense),
         )
         cache = self._weight_cache
-        if cache is not None and cache[0] == key:
-            return cache[1], cache[2], cache[3]
-        scales, projections = [], []
+        if cache is not None and cache.key == key:
+            return cache
+        _OptimizerSteps.track(self)
+        scales, clipped = [], []
         for a, d in zip(dense, deltas):
-            s, p = dense_scales(
-                [d], [self._w0_norm(a, w0.device)], [self.slow_factor[a]], [self.max_drift[a]], self._row_dim(a)
-            )
-            scales += s
-            projections += p
+            scale, clip = dense_scale(d, self._w0_norm(a, w0.device), self.slow_factor[a], self.max_drift[a],
+                                      self._row_dim(a))
+            scales.append(scale)
+            clipped.append(clip)
         with torch.no_grad():
-            reusable = cache is not None and (cache[1].shape, cache[1].device, cache[1].dtype) == (
-                w0.shape, w0.device, w0.dtype
-            )
-            buf = cache[1] if reusable else torch.empty_like(w0, memory_format=torch.contiguous_format)
+            old = cache.weight if cache is not None else None
+            reusable = old is not None and (old.shape, old.device, old.dtype) == (w0.shape, w0.device, w0.dtype)
+            buf = old if reusable else torch.empty_like(w0, memory_format=torch.contiguous_format)
             for i, (d, c) in enumerate(zip(deltas, scales)):  # one pass per delta, no temporaries
                 into = w0 if i == 0 else buf
                 if isinstance(c, float):
                     torch.add(into, d, alpha=c, out=buf)
                 else:  # trust-region scale tensor (scalar or per row); no host sync
                     torch.addcmul(into, d, c, out=buf)
-        self._weight_cache = (key, buf, scales, projections)
-        return buf, scales, projections
+        self._weight_cache = _EffectiveWeight(key, buf, scales, clipped)
+        return self._weight_cache
 
     def __repr__(self) -> str:
         return "slowed." + super().__repr__()

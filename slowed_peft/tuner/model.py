@@ -8,6 +8,7 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
 from .config import SLowEDConfig
 from .layer import SUPPORTED_LAYER_TYPES, Linear, SLowEDLayer, unsupported_layer_error
+from .registration import PREFIX
 
 
 class SLowEDModel(BaseTuner):
@@ -17,7 +18,7 @@ class SLowEDModel(BaseTuner):
     ``BaseTuner`` machinery. Created by ``get_peft_model(model, SLowEDConfig(...))`` after ``import slowed_peft``.
     """
 
-    prefix: str = "slowed_"
+    prefix: str = PREFIX
     tuner_layer_cls = SLowEDLayer
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.copy()
 
@@ -55,7 +56,7 @@ class SLowEDModel(BaseTuner):
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         own = model.state_dict()
         mismatches = [
-            f"module {key.rsplit('.slowed_', 1)[0].removeprefix('base_model.model.')!r} ({key.rsplit('.', 2)[-2]}): "
+            f"module {key.rsplit('.' + PREFIX, 1)[0].removeprefix('base_model.model.')!r} ({key.rsplit('.', 2)[-2]}): "
             f"{tuple(remapped[key].shape)} in the checkpoint but {tuple(tensor.shape)} in the model"
             for key, tensor in own.items()
             if key in remapped and tuple(remapped[key].shape) != tuple(tensor.shape)
@@ -68,9 +69,3 @@ class SLowEDModel(BaseTuner):
                 f"{config.base_model_name_or_path!r})?"
             )
         return remapped
-
-    def invalidate_caches(self) -> None:
-        """Rebuild every cached effective weight on the next forward (only needed after edits through ``.data``)."""
-        for module in self.model.modules():
-            if isinstance(module, SLowEDLayer):
-                module.invalidate_cache()
