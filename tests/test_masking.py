@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from testing_utils import build_char_tokenizer
 from datasets import Dataset, load_dataset
+from testing_utils import build_char_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from slowed_peft import EntropyMaskingCollator, annotate_entropy, token_entropy

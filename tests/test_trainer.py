@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from testing_utils import build_char_tokenizer, build_tiny
 from datasets import Dataset
 from peft import PeftModel
+from testing_utils import build_char_tokenizer, build_tiny
 from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
@@ -114,6 +114,32 @@ def test_live_path_masks_without_extra_forward_and_keeps_trl_metrics(setup, tmp_
     assert_reload_matches(trainer, model_dir, str(tmp_path / "adapter"))
 
 
+def test_slowed_metrics_go_through_trl_metrics(setup, tmp_path):
+    """No ``log`` override: drift and masked fraction enter ``_metrics["train"]`` and TRL's ``log`` emits them."""
+    assert SLowEDTrainer.log is SFTTrainer.log
+    model_dir, tok = setup
+    trainer, _ = live_trainer(model_dir, tok, str(tmp_path / "out"), bs=2, ga=1, steps=3, entropy_quantile=0.3)
+    trainer.args.logging_steps = 2
+    trainer.train()
+    steps = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["step"] for h in steps] == [2]
+    assert {"lem/masked_fraction", "slowed/drift_max", "slowed/drift_mean", "entropy"} <= set(steps[0])
+    summary = trainer.state.log_history[-1]
+    assert "train_runtime" in summary  # step 3 was not logged: the summary carries the last window's metrics
+    drift = slowed_peft.weight_drift(trainer.model)
+    assert summary["slowed/drift_max"] == drift.max and summary["slowed/drift_mean"] == drift.mean
+    assert 0.2 < summary["lem/masked_fraction"] < 0.4
+
+
+def test_log_drift_false_logs_no_drift(setup, tmp_path):
+    model_dir, tok = setup
+    trainer, _ = live_trainer(model_dir, tok, str(tmp_path / "out"), bs=2, ga=1, steps=1, entropy_quantile=0.3,
+                              log_drift=False)
+    trainer.train()
+    assert logged(trainer, "lem/masked_fraction")
+    assert not any("slowed/drift_max" in h for h in trainer.state.log_history)
+
+
 def test_live_path_loss_is_exact_under_gradient_accumulation(setup, tmp_path):
     model_dir, tok = setup
     probe = annotate_entropy(Dataset.from_list(cot_rows(4)), AutoModelForCausalLM.from_pretrained(model_dir),
@@ -205,7 +231,7 @@ def test_initial_source_annotates_only_rows_max_steps_reads(setup, tmp_path, mon
 
     def run(out, annotate_all: bool):
         if annotate_all:
-            monkeypatch.setattr(SLowEDTrainer, "_rows_read", lambda self: None)
+            monkeypatch.setattr("slowed_peft.masking.trainer.rows_read", lambda trainer: None)
         torch.manual_seed(0)
         args = SLowEDSFTConfig(output_dir=str(tmp_path / out), max_steps=3, per_device_train_batch_size=2,
                                entropy_source="initial", entropy_threshold=0.5, **COMMON)

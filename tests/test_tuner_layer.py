@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 import torch
-from testing_utils import batch
 from peft import get_peft_model
+from testing_utils import batch
 from transformers.pytorch_utils import Conv1D
 
 from slowed_peft import SLowEDConfig

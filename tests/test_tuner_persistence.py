@@ -10,10 +10,10 @@ import textwrap
 
 import pytest
 import torch
-from testing_utils import batch, build_tiny
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils.peft_types import PeftType
 from safetensors.torch import load_file
+from testing_utils import batch, build_tiny
 
 import slowed_peft
 from slowed_peft import SLowEDConfig

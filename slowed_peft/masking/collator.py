@@ -27,28 +27,55 @@ class MaskingStats:
         """Masked / candidate tokens since the last call (the previous value if no batch came in between, as when the
         dataloader prefetched it); ``None`` before the first batch."""
         if self.candidates:
-            self.last = self.masked / self.candidates
+            self.last = self.peek_fraction()
             self.masked = self.candidates = 0
         return self.last
+
+    def peek_fraction(self) -> Optional[float]:
+        """What :meth:`pop_fraction` would return, without starting a new count."""
+        return self.masked / self.candidates if self.candidates else self.last
 
 
 @dataclass
 class EntropyMaskingCollator(DataCollatorForLanguageModeling):
-    """Pad like TRL's collator, then set ``labels[t] = -100`` where the entropy predicting token ``t`` is low.
+    """Applies **Low-Entropy Masking** in the data collator: pads like TRL's collator, then sets `labels[t] = -100`
+    where the entropy predicting token `t` is low.
+
+    Masking in the collator keeps TRL's token normalisation exact, so it works with a plain `SFTTrainer` (see
+    `add_slowed_metrics` for the logs); `SLowEDTrainer` installs it itself for `entropy_source="initial"`. Only
+    tokens that already carry a label are candidates; position 0 never is (nothing predicts it). Helper columns never
+    reach `model.forward`: the output holds `input_ids`, `attention_mask` and `labels` only.
 
     Args:
-        pad_token_id: as in TRL's collator.
-        threshold: drop label tokens with entropy < ``threshold`` nats. Exactly one of threshold / quantile.
-        quantile: drop the lowest ``quantile`` fraction of the batch's candidate tokens (all processes' candidates
-            under ``torch.distributed``).
-        min_kept: if masking would remove every label of an example, keep its ``min_kept`` highest-entropy ones.
-        entropy_column: per-token entropies aligned to ``input_ids`` (see ``annotate_entropy``); truncated with
-            ``input_ids`` according to ``truncation_mode``.
-        model: optional; without an entropy column the collator runs this model (no grad) on each batch to get the
-            entropies — one extra forward per batch, i.e. roughly +30–50% step time on the data-loading side.
+        pad_token_id (`int`):
+            Padding token id, as in TRL's `DataCollatorForLanguageModeling` (whose other fields also apply, except
+            `padding_free=True`, which is refused).
+        threshold (`float`, *optional*, defaults to `None`):
+            Drop label tokens with entropy < `threshold` nats. Exactly one of threshold / quantile.
+        quantile (`float`, *optional*, defaults to `None`):
+            Drop the lowest `quantile` fraction, in [0, 1), of the batch's candidate tokens (all processes'
+            candidates under `torch.distributed`).
+        min_kept (`int`, defaults to `1`):
+            If masking would remove every label of an example, keep its `min_kept` highest-entropy ones.
+        entropy_column (`str`, defaults to `"token_entropy"`):
+            Per-token entropies aligned to `input_ids` (see `annotate_entropy`).
+        truncation_mode (`str`, defaults to `"keep_start"`):
+            How TRL truncated `input_ids` (`"keep_start"` or `"keep_end"`); the entropy column is cut the same way.
+        model (`torch.nn.Module`, *optional*, defaults to `None`):
+            Without an entropy column, run this model (no grad) on each batch to get the entropies: one extra
+            forward per batch, roughly +30–50% step time on the data-loading side.
 
-    Only tokens that already carry a label are candidates; position 0 never is (nothing predicts it). Helper
-    columns never reach ``model.forward``: the output holds ``input_ids``, ``attention_mask``, ``labels`` only.
+    Example:
+
+    ```py
+    >>> from slowed_peft import EntropyMaskingCollator
+    >>> collator = EntropyMaskingCollator(pad_token_id=0, threshold=0.5)
+    >>> batch = collator([{"input_ids": [5, 6, 7, 8], "token_entropy": [float("nan"), 2.0, 0.1, 1.5]}])
+    >>> batch["labels"].tolist()  # token 7 was predicted with 0.1 nats: dropped
+    [[5, 6, -100, 8]]
+    >>> collator.stats.pop_fraction()  # masked / candidate label tokens (position 0 is never a candidate)
+    0.3333333333333333
+    ```
     """
 
     threshold: Optional[float] = None

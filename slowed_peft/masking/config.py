@@ -14,16 +14,35 @@ ENTROPY_SOURCES = ("live", "initial")
 
 @dataclass
 class SLowEDSFTConfig(SFTConfig):
-    """``SFTConfig`` with Low-Entropy Masking. With neither threshold nor quantile set, no token is masked.
+    """Configures **Low-Entropy Masking**, the data half of SLowED, on top of TRL's [`~trl.SFTConfig`].
+
+    Label tokens that the student already predicts with low entropy are dropped from the loss by
+    [`SLowEDTrainer`]. With neither `entropy_threshold` nor `entropy_quantile` set, no token is masked (plain SFT,
+    still with drift logs). Slow Tuning, the weight-space half, is configured by `SLowEDConfig` (`peft_config=`).
+    Every other argument is `SFTConfig`'s.
 
     Args:
-        entropy_threshold: drop label tokens whose entropy is below this many nats.
-        entropy_quantile: drop the lowest fraction of each (micro-)batch's label tokens by entropy.
-        entropy_min_kept: never drop all labels of an example; keep this many highest-entropy ones.
-        entropy_source: ``"live"`` — entropy of the model being trained, from the same forward pass (no extra
-            cost); ``"initial"`` — entropy of the model before training, computed once for the prepared dataset and
-            applied by ``EntropyMaskingCollator``.
-        log_drift: log ``slowed/drift_max`` / ``slowed/drift_mean`` when the model carries SLowED adapters.
+        entropy_threshold (`float`, *optional*, defaults to `None`):
+            Drop label tokens whose entropy is below this many nats. Exactly one of threshold / quantile.
+        entropy_quantile (`float`, *optional*, defaults to `None`):
+            Drop the lowest fraction, in [0, 1), of each (micro-)batch's label tokens by entropy.
+        entropy_min_kept (`int`, defaults to `1`):
+            Never drop all labels of an example: keep this many of its highest-entropy ones.
+        entropy_source (`str`, defaults to `"live"`):
+            `"live"`: entropy of the model being trained, from the same forward pass (no extra cost).
+            `"initial"`: entropy of the model before training, computed once for the prepared dataset and applied
+            by [`EntropyMaskingCollator`].
+        log_drift (`bool`, defaults to `True`):
+            Log `slowed/drift_max` / `slowed/drift_mean` when the model carries SLowED adapters.
+
+    Example:
+
+    ```py
+    >>> from slowed_peft import SLowEDSFTConfig
+    >>> args = SLowEDSFTConfig(output_dir="out", entropy_quantile=0.3, use_cpu=True, bf16=False)
+    >>> args.masking_enabled, args.entropy_source
+    (True, 'live')
+    ```
     """
 
     entropy_threshold: Optional[float] = field(
@@ -52,4 +71,5 @@ class SLowEDSFTConfig(SFTConfig):
 
     @property
     def masking_enabled(self) -> bool:
+        """Whether a threshold or a quantile is set, i.e. whether any token can be masked."""
         return self.entropy_threshold is not None or self.entropy_quantile is not None

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Optional
 
 import torch
-from accelerate.data_loader import SeedableRandomSampler
-from datasets import Dataset, Sequence, Value
-from torch.utils.data import SequentialSampler
-from transformers.utils import logging
 from trl import SFTTrainer
 
-from .annotate import ENTROPY_COLUMN, annotate_entropy
-from .callbacks import slowed_metrics
+from .annotate import ENTROPY_COLUMN
+from .annotate_rows import annotate_prepared, annotate_rows, rows_read
+from .callbacks import TRLMetricsCallback
 from .collator import EntropyMaskingCollator, MaskingStats
 from .config import SLowEDSFTConfig
 from .selection import low_entropy_mask
 
-logger = logging.get_logger(__name__)
+# The TRL release whose `SFTTrainer.compute_loss` the live loss and `_log_trl_metrics` mirror; tests/test_trl_mirror.py
+# fails when the installed TRL's mirrored lines differ from that release's.
+TRL_MIRRORED_VERSION = "1.16.0"
 
 
 class SLowEDTrainer(SFTTrainer):
@@ -35,8 +33,9 @@ class SLowEDTrainer(SFTTrainer):
       run inside its first epoch, only the rows the run's own sampler will read are annotated (the others get an
       empty entropy list, which the collator refuses with a clear error should they ever be read).
 
-    Everything else — PEFT wrapping from ``peft_config`` (e.g. ``SLowEDConfig``), TRL's ``entropy`` /
-    ``mean_token_accuracy`` / ``num_tokens`` metrics, saving — is ``SFTTrainer``'s.
+    The SLowED metrics go into ``self._metrics["train"]`` (see :class:`TRLMetricsCallback`), so TRL's own ``log``
+    emits them next to its ``entropy`` / ``mean_token_accuracy`` / ``num_tokens``. Everything else — PEFT wrapping
+    from ``peft_config`` (e.g. ``SLowEDConfig``), saving — is ``SFTTrainer``'s.
     """
 
     def __init__(self, model, args: Optional[SLowEDSFTConfig] = None, *pargs, **kwargs) -> None:
@@ -55,6 +54,7 @@ class SLowEDTrainer(SFTTrainer):
             self._check_supported()
         if self._initial_masking:
             self._install_initial_masking()
+        self.add_callback(TRLMetricsCallback(self, self._lem_stats, log_drift=self.args.log_drift))
 
     # ------------------------------------------------------------------------------------------------ set-up
     def _check_supported(self) -> None:
@@ -66,69 +66,11 @@ class SLowEDTrainer(SFTTrainer):
                 "supported with entropy_source='live'."
             )
 
-    def _annotate(self, dataset):
-        if dataset is None:
-            return None
-        if isinstance(dataset, dict):
-            return {k: self._annotate(v) for k, v in dataset.items()}
-        if not isinstance(dataset, Dataset):
-            raise ValueError("entropy_source='initial' needs a map-style datasets.Dataset (not an IterableDataset).")
-        return annotate_entropy(dataset, self.model, batch_size=self.args.per_device_eval_batch_size,
-                                desc="Annotating initial-model entropy")
-
-    def _rows_read(self) -> Optional[list[int]]:
-        """Indices of the training rows this process reads when ``max_steps`` stops within epoch 0, else None.
-
-        The order comes from the trainer's own train dataloader (same sampler, seed and sharding as ``train()``),
-        iterated over batch indices only, with the global RNG state restored afterwards.
-        """
-        args, dataset = self.args, self.train_dataset
-        if args.max_steps is None or args.max_steps <= 0 or not isinstance(dataset, Dataset):
-            return None
-        with torch.random.fork_rng(devices=[]):
-            loader = self.get_train_dataloader()
-            try:
-                return self._first_batches_rows(loader)
-            finally:
-                registered = getattr(self.accelerator, "_dataloaders", None)
-                if isinstance(registered, list) and loader in registered:  # not a loader train() will use
-                    registered.remove(loader)
-
-    def _first_batches_rows(self, loader) -> Optional[list[int]]:
-        args = self.args
-        batches = getattr(loader, "batch_sampler", None)
-        sampler = getattr(getattr(batches, "batch_sampler", batches), "sampler", None)
-        if not isinstance(sampler, (SeedableRandomSampler, SequentialSampler)):
-            return None  # e.g. length-grouped: its order depends on the global RNG at train() time
-        for obj in (loader, batches, getattr(batches, "batch_sampler", None), sampler):
-            if hasattr(obj, "set_epoch"):
-                obj.set_epoch(0)
-        # accelerate's loader fetches one batch ahead; worker processes prefetch more
-        workers = args.dataloader_num_workers
-        lookahead = 1 + (workers * (args.dataloader_prefetch_factor or 2) if workers > 0 else 0)
-        needed = args.max_steps * args.gradient_accumulation_steps + lookahead
-        if needed >= len(batches):
-            return None  # the run reads the whole first epoch (or more)
-        return sorted({int(i) for _, batch in zip(range(needed), iter(batches)) for i in batch})
-
-    def _annotate_rows_read(self, dataset):
-        rows = self._rows_read()
-        if rows is None or len(rows) >= len(dataset):
-            return self._annotate(dataset)
-        logger.info(f"entropy_source='initial': annotating the {len(rows)} of {len(dataset)} training rows that "
-                    f"max_steps={self.args.max_steps} reads.")
-        annotated = self._annotate(dataset.select(rows))
-        column: list[list[float]] = [[] for _ in range(len(dataset))]
-        for index, values in zip(rows, annotated[ENTROPY_COLUMN]):
-            column[index] = values
-        fingerprint = hashlib.blake2b(f"{dataset._fingerprint}|{annotated._fingerprint}".encode(),
-                                      digest_size=16).hexdigest()
-        return dataset.add_column(ENTROPY_COLUMN, column, new_fingerprint=fingerprint,
-                                  feature=Sequence(Value("float32")))
-
     def _install_initial_masking(self) -> None:
-        self.train_dataset = self._annotate_rows_read(self.train_dataset)
-        self.eval_dataset = self._annotate(self.eval_dataset)
+        """Annotate the prepared datasets with the model as it is now and mask through an EntropyMaskingCollator."""
+        batch_size = self.args.per_device_eval_batch_size
+        self.train_dataset = annotate_rows(self.train_dataset, rows_read(self), self.model, batch_size)
+        self.eval_dataset = annotate_prepared(self.eval_dataset, self.model, batch_size)
         collator = EntropyMaskingCollator(
             pad_token_id=self.data_collator.pad_token_id,
             pad_to_multiple_of=self.args.pad_to_multiple_of,
@@ -147,6 +89,10 @@ class SLowEDTrainer(SFTTrainer):
 
     # ------------------------------------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss, over the kept (not low-entropy) label tokens when masking with the live entropy.
+
+        The live branch mirrors the default branch of ``trl.SFTTrainer.compute_loss`` (TRL ``TRL_MIRRORED_VERSION``:
+        fused forward, ``dft``, token normalisation, device scaling, MoE aux loss) with ``keep`` for ``label_mask``."""
         if not (self.args.masking_enabled and self.args.entropy_source == "live"):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         mode = "train" if self.model.training else "eval"
@@ -182,7 +128,10 @@ class SLowEDTrainer(SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
     def _log_trl_metrics(self, mode: str, inputs: dict, outputs) -> None:
-        """TRL's own per-step metrics (entropy over all label tokens, token accuracy, token count)."""
+        """TRL's own per-step metrics (entropy over all label tokens, token accuracy, token count).
+
+        COPY of the metrics block of ``trl.SFTTrainer.compute_loss`` (TRL ``TRL_MIRRORED_VERSION``; the lines from
+        ``num_valid = ...`` to the ``aux_loss`` append), because the live loss replaces that method whole."""
         num_valid = self.accelerator.gather_for_metrics(outputs.label_mask.sum()).sum()
         entropy_sum = self.accelerator.gather_for_metrics(outputs.entropy.detach().sum()).sum()
         num_correct = self.accelerator.gather_for_metrics(outputs.is_top1.sum()).sum()
@@ -191,9 +140,11 @@ class SLowEDTrainer(SFTTrainer):
         if mode == "train":
             if "attention_mask" in inputs:
                 n = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
-            else:
+            elif "position_ids" in inputs:
                 local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
                 n = self.accelerator.gather_for_metrics(local).sum().item()
+            else:
+                raise ValueError("Expected 'attention_mask' or 'position_ids' in inputs.")
             self._total_train_tokens += n // self._tp_size
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         if self.aux_loss_enabled:
@@ -226,9 +177,3 @@ class SLowEDTrainer(SFTTrainer):
         if grad_norm is None:
             self._rescale_to_kept_tokens(model)
         return super()._get_grad_norm(model, grad_norm=grad_norm)
-
-    # ------------------------------------------------------------------------------------------------ logging
-    def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
-        if self.model.training and not any(k.startswith("eval_") for k in logs):
-            logs.update(slowed_metrics(self.model if self.args.log_drift else None, self._lem_stats))
-        super().log(logs, start_time)
