@@ -161,7 +161,7 @@ def test_bf16_base_with_fp32_adapter_trains(tiny_llama):
         base = model(x).logits.clone()  # adapters are zero: same as base
     pm.train()
     loss = pm(input_ids=x, labels=x).loss
-    assert loss.dtype == torch.bfloat16 or loss.dtype == torch.float32
+    assert loss.dtype == torch.float32  # transformers upcasts the bf16 logits for the loss
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in deltas)
     torch.optim.AdamW(deltas, lr=0.01).step()

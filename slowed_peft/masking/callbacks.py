@@ -12,6 +12,8 @@ from ..tuner.layer import SLowEDLayer
 
 logger = logging.get_logger(__name__)
 
+LOGGED_DRIFT = ("slowed/drift_max", "slowed/drift_mean")  # of WeightDrift.as_metrics(); the row max is not logged
+
 
 def has_slowed_layers(model) -> bool:
     """Whether ``model`` carries at least one SLowED layer (so that drift can be measured)."""
@@ -28,9 +30,8 @@ def slowed_metrics(model, masking_stats=None, new_window: bool = True) -> dict[s
         if frac is not None:
             metrics["lem/masked_fraction"] = frac
     if has_slowed_layers(model):
-        drift = weight_drift(model)
-        metrics["slowed/drift_max"] = drift.max
-        metrics["slowed/drift_mean"] = drift.mean
+        drift = weight_drift(model).as_metrics()
+        metrics.update({key: drift[key] for key in LOGGED_DRIFT})
     return metrics
 
 
