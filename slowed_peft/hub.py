@@ -19,7 +19,8 @@ from typing import Any, Optional, Union
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import validate_repo_id
 
-from ._registration import PEFT_TYPE_NAME
+from .tuner.registration import PEFT_TYPE_NAME
+from .eval.report import format_value
 from .tuner.export import LoraExportReport, export_as_lora
 
 __all__ = ["build_model_card", "push_adapter"]
@@ -68,8 +69,9 @@ def _slowed_config(model: Any) -> tuple[str, Any]:
     return name, config
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def _cell(value: Any) -> str:
+    """A metric of unknown scale in the card: 4 significant digits; ``None`` stays visible as ``None``."""
+    return format_value(value, significant=4, missing="None")
 
 
 def _metrics_table(metrics: Mapping[str, Any]) -> str:
@@ -77,10 +79,10 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
         cols: list[str] = []
         for v in metrics.values():
             cols += [k for k in (v if isinstance(v, Mapping) else {"value": v}) if k not in cols]
-        rows = [[k, *(_fmt((v if isinstance(v, Mapping) else {"value": v}).get(c, "")) for c in cols)]
+        rows = [[k, *(_cell((v if isinstance(v, Mapping) else {"value": v}).get(c, "")) for c in cols)]
                 for k, v in metrics.items()]
     else:
-        cols, rows = ["value"], [[k, _fmt(v)] for k, v in metrics.items()]
+        cols, rows = ["value"], [[k, _cell(v)] for k, v in metrics.items()]
     lines = ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
