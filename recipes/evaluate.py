@@ -1,7 +1,7 @@
 # /// script
 # dependencies = ["slowed-peft"]
 # ///
-"""Evaluate a student (optionally with its SLowED adapter) on safety and reasoning.
+"""Evaluate a student (optionally with its SLowED adapter) on safety and reasoning; the same as ``slowed-eval``.
 
 ```bash
 # the demo's adapter: built-in harmful probes, benign prompts, demo CoT test set
@@ -12,8 +12,7 @@ python recipes/evaluate.py --model_name_or_path Qwen/Qwen2.5-1.5B --adapter Qwen
 ```
 """
 
-import slowed_peft  # noqa: F401  (registers the SLOWED PEFT type before any adapter is loaded)
-from slowed_peft.scripts.evaluate import run
+from slowed_peft.scripts.evaluate import cli
 
 if __name__ == "__main__":
-    run()
+    cli()

@@ -1,25 +1,20 @@
 # /// script
 # dependencies = ["slowed-peft"]
 # ///
-"""Reproduce the paper's phenomenon on SmolLM2-135M with real data (see docs/results.md).
+"""Reproduce the paper's phenomenon on SmolLM2-135M with real data; the same as ``slowed-replicate``.
 
 ```bash
-# everything docs/results.md reports (aligned student, four arms, sweep): about 60 minutes on 2 CPU cores
-python recipes/replicate.py --config recipes/configs/replicate.yaml
+# the whole study (aligned student, four arms, sweep): about 60 minutes on 2 CPU cores
+HF_HUB_OFFLINE=1 python recipes/replicate.py --config replicate
 # the four arms only, or a ~5-minute smoke run
-python recipes/replicate.py --config recipes/configs/replicate.yaml --sweep false
-python recipes/replicate.py --quick --output_dir outputs/replicate-quick
+HF_HUB_OFFLINE=1 python recipes/replicate.py --config replicate --sweep false
+HF_HUB_OFFLINE=1 python recipes/replicate.py --quick --output_dir outputs/replicate-quick
 # just the aligned student (cached under ~/.cache/slowed_peft/models/aligned/)
-python -m slowed_peft.scripts.align
+HF_HUB_OFFLINE=1 slowed-align
 ```
 """
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import slowed_peft  # noqa: F401,E402  (registers the SLOWED PEFT type)
-from slowed_peft.scripts.replicate import run  # noqa: E402
+from slowed_peft.scripts.replicate import cli
 
 if __name__ == "__main__":
-    run()
+    cli()

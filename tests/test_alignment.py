@@ -99,3 +99,66 @@ def test_training_set_drops_benign_answers_that_read_as_refusals(monkeypatch):
     assert sum(r["kind"] == "harmful" for r in train) == 3
     assert len(benign) == 8  # 12 offered, 4 refusals dropped
     assert not any(is_refusal(r["completion"][0]["content"]) for r in benign)
+
+
+# The alignment's trainer settings before the one training path (plain SFTConfig + SFTTrainer): the cached student is
+# keyed by AlignArguments.fingerprint(), so the settings and the training they give must not move.
+ALIGN_SETTINGS = dict(lr_scheduler_type="cosine", warmup_steps=0.1, logging_steps=5, save_strategy="no",
+                      report_to="none", max_length=384, bf16=False, disable_tqdm=False, gradient_checkpointing=False)
+
+
+def legacy_align_config(args: AlignArguments, output_dir: str):
+    import torch
+    from trl import SFTConfig
+
+    return SFTConfig(output_dir=output_dir, learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
+                     per_device_train_batch_size=args.batch_size, seed=args.seed,
+                     use_cpu=not torch.cuda.is_available(), **ALIGN_SETTINGS)
+
+
+def test_align_trainer_settings_are_the_plain_sft_ones(tmp_path):
+    args = AlignArguments()
+    new, old = args.training_args(str(tmp_path)).to_dict(), legacy_align_config(args, str(tmp_path)).to_dict()
+    assert set(old) <= set(new)
+    assert {k: new[k] for k in old} == old
+    assert new["entropy_threshold"] is None and new["entropy_quantile"] is None  # no masking
+
+
+def test_full_arm_trains_exactly_like_plain_sft_trainer(tmp_path):
+    """``train_arm(arm="full")`` — the alignment's fine-tuning — gives SFTTrainer's losses and weights bit for bit."""
+    import torch
+    from testing_utils import build_char_tokenizer, build_tiny
+    from transformers import AutoModelForCausalLM
+    from trl import SFTTrainer
+
+    from slowed_peft.scripts.arguments import SLowEDArguments
+    from slowed_peft.scripts.training import train_arm
+
+    build_tiny("llama", tmp_path / "tiny")
+    tokenizer = build_char_tokenizer(tmp_path / "tiny")
+    harmful = ["Do a harmful thing", "Do another harmful thing", "Do a third harmful thing"]
+    benign = ["Bake bread", "Plant a tree", "Fold a sheet", "Boil an egg", "Paint a wall"]
+    ds = alignment_dataset(harmful, benign, ["Knead, rise, bake.", "Dig a hole.", "Fold it twice.", "Boil it.",
+                                             "Use a roller."]).remove_columns("kind")
+    args = AlignArguments(batch_size=2, learning_rate=1e-2)
+    runs = {}
+    for name in ("legacy", "full"):
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny", dtype=torch.float32)
+        out = str(tmp_path / name)
+        if name == "legacy":
+            config = legacy_align_config(args, out)
+            config.logging_steps = 1
+            trainer = SFTTrainer(model=model, args=config, train_dataset=ds, processing_class=tokenizer)
+            trainer.train()
+        else:
+            config = args.training_args(out)
+            config.logging_steps = 1
+            trainer = train_arm(SLowEDArguments(arm="full"), model, tokenizer, config, ds)
+        runs[name] = ([h["loss"] for h in trainer.state.log_history if "loss" in h],
+                      {k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+    (old_loss, old_weights), (new_loss, new_weights) = runs["legacy"], runs["full"]
+    assert len(old_loss) == 4 and new_loss == old_loss
+    assert old_weights.keys() == new_weights.keys()
+    assert all(torch.equal(old_weights[k], new_weights[k]) for k in old_weights)
+    assert not torch.equal(old_weights["lm_head.weight"],
+                           AutoModelForCausalLM.from_pretrained(tmp_path / "tiny").state_dict()["lm_head.weight"])

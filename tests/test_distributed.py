@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from testing_utils import build_char_tokenizer, build_tiny
 from safetensors.torch import load_file
+from testing_utils import build_char_tokenizer, build_tiny
+
+from slowed_peft.scripts.configs import resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def recipe(tmp_path, model_dir: str, **overrides) -> str:
-    cfg = yaml.safe_load((ROOT / "recipes" / "configs" / "smollm2-135m-demo.yaml").read_text())
+    cfg = yaml.safe_load(Path(resolve_config("smollm2-135m-demo")).read_text())
     cfg.pop("entropy_threshold", None)
     cfg.update(model_name_or_path=model_dir, dataset_limit=16, max_steps=3, logging_steps=1, max_length=192,
                dataloader_num_workers=0, disable_tqdm=True, **overrides)

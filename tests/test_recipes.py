@@ -1,8 +1,12 @@
-"""Smoke runs of the recipe scripts on a tiny model (TrlParser + YAML + CLI overrides, every arm, save, evaluate)."""
+"""Smoke runs of the recipe scripts on a tiny model (parser + shipped YAML + CLI overrides, every arm, save, evaluate),
+the shipped configs, and the console scripts' exit codes."""
 
 from __future__ import annotations
 
+import ast
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +16,20 @@ import yaml
 from testing_utils import build_char_tokenizer, build_tiny
 
 import slowed_peft
-from slowed_peft.scripts.arguments import SLowEDArguments, peft_config_for_arm
+from slowed_peft.scripts.arguments import ARMS, SLowEDArguments, peft_config_for_arm
+from slowed_peft.scripts.configs import resolve_config, shipped_configs
 from slowed_peft.scripts.sft import make_parser
 from slowed_peft.scripts.sft import run as sft_run
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+CONSOLE_SCRIPTS = PYPROJECT["project"]["scripts"]
+SFT_CONFIGS = ["bloom-1b1", "llama-3.2-1b", "qwen2.5-1.5b", "smollm2-135m-demo"]
 
 
 @pytest.fixture
@@ -29,7 +41,7 @@ def tiny_dir(tmp_path):
 
 
 def tiny_recipe(tmp_path, tiny_dir) -> str:
-    cfg = yaml.safe_load((ROOT / "recipes" / "configs" / "smollm2-135m-demo.yaml").read_text())
+    cfg = yaml.safe_load(Path(resolve_config("smollm2-135m-demo")).read_text())
     cfg.update(model_name_or_path=tiny_dir, dataset_limit=8, max_steps=2, logging_steps=1, max_length=96,
                output_dir=str(tmp_path / "out"))
     path = tmp_path / "recipe.yaml"
@@ -37,23 +49,112 @@ def tiny_recipe(tmp_path, tiny_dir) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_shipped_configs_parse(config):
-    args = ["--config", str(config)]
-    if "demo" not in config.stem:
+def test_configs_ship_with_the_package_and_resolve_by_name(tmp_path, monkeypatch):
+    assert shipped_configs() == sorted([*SFT_CONFIGS, "replicate"])
+    folder = Path(slowed_peft.__file__).parent / "configs"
+    assert sorted(p.stem for p in folder.glob("*.yaml")) == shipped_configs()
+    assert not (ROOT / "recipes" / "configs").exists()  # one copy of each config
+    globs = PYPROJECT["tool"]["setuptools"]["package-data"]["slowed_peft"]
+    assert {p.name for g in globs for p in folder.parent.glob(g)} == {f"{n}.yaml" for n in shipped_configs()}
+    assert resolve_config("replicate") == resolve_config("replicate.yaml") == str(folder / "replicate.yaml")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "replicate.yaml").write_text("max_steps: 3\n")
+    assert resolve_config("replicate.yaml") == "replicate.yaml"  # an existing file wins over the shipped name
+    with pytest.raises(FileNotFoundError, match="shipped: bloom-1b1, llama-3.2-1b"):
+        resolve_config("nope")
+
+
+@pytest.mark.parametrize("name", SFT_CONFIGS)
+def test_shipped_configs_parse_every_key(name):
+    args = ["--config", name]
+    if "demo" not in name:
         args += ["--bf16", "false", "--use_cpu", "true"]  # GPU recipes: parse them here on CPU
-    script_args, training_args, model_args, slowed_args, _ = make_parser().parse_args_and_config(
-        args=args, return_remaining_strings=True
-    )
-    assert model_args.model_name_or_path and script_args.dataset_name
+    *parsed, remaining = make_parser().parse_args_and_config(args=args, return_remaining_strings=True)
+    assert remaining == []  # every key of the YAML is a field of the recipe's dataclasses
+    values = {k: v for obj in parsed for k, v in vars(obj).items()}
+    cfg = yaml.safe_load(Path(resolve_config(name)).read_text())
+    cfg["report_to"] = [] if cfg["report_to"] == "none" else cfg["report_to"]  # TrainingArguments' spelling
+    for key, value in cfg.items():
+        if key not in ("bf16", "use_cpu") or "demo" in name:
+            got = values[key]
+            assert getattr(got, "value", got) == value, key
+    script_args, training_args, model_args, slowed_args = parsed
     assert slowed_args.arm == "slowed" and training_args.masking_enabled
 
 
+def test_config_flag_also_takes_the_equals_form():
+    _, training_args, _, _, _ = make_parser().parse_args_and_config(
+        args=["--config=smollm2-135m-demo", "--max_steps", "3"], return_remaining_strings=True)
+    assert training_args.max_steps == 3 and training_args.learning_rate == 1e-3
+
+
+def test_the_package_stands_alone_without_the_repository(tmp_path):
+    """A copy of the package with no recipes/ next to it parses the shipped configs (demo default included)."""
+    shutil.copytree(Path(slowed_peft.__file__).parent, tmp_path / "slowed_peft",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import slowed_peft, slowed_peft.scripts.demo as demo\n"
+            "from slowed_peft.scripts.sft import make_parser\n"
+            "assert slowed_peft.__file__.startswith(%r), slowed_peft.__file__\n"
+            "_, t, m, a, _ = make_parser().parse_args_and_config(args=['--config', demo.DEFAULT_CONFIG], "
+            "return_remaining_strings=True)\n"
+            "print(m.model_name_or_path, t.max_steps, a.arm)\n") % str(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split() == ["smollm2-135m-instruct", "20", "slowed"]
+
+
+@pytest.mark.parametrize("script", sorted(CONSOLE_SCRIPTS))
+def test_console_script_help_exits_zero(script):
+    module, func = CONSOLE_SCRIPTS[script].split(":")
+    code = f"import sys\nfrom {module} import {func}\nsys.argv = [{script!r}, '--help']\nsys.exit({func}())\n"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "usage:" in res.stdout
+    if script != "slowed-eval":  # the scripts that take a recipe config list the shipped ones
+        assert "smollm2-135m-demo" in res.stdout
+
+
+@pytest.mark.parametrize("script", sorted(CONSOLE_SCRIPTS))
+def test_console_scripts_exit_zero_after_a_run_that_returns_a_result(script, monkeypatch, capsys):
+    """setuptools' wrapper does ``sys.exit(func())``: a trainer/report/dict returned there would exit 1."""
+    import importlib
+    from types import SimpleNamespace
+
+    module, func = CONSOLE_SCRIPTS[script].split(":")
+    mod = importlib.import_module(module)
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=2), args=SimpleNamespace(output_dir="out"),
+                              is_world_process_zero=lambda: True)
+    monkeypatch.setattr(mod, "run", lambda argv=None: trainer if script == "slowed-sft" else {"a": 1})
+    assert getattr(mod, func)() is None
+    if script == "slowed-sft":
+        assert capsys.readouterr().out == "[slowed-sft] 2 steps; saved to out\n"
+
+
+def test_recipes_main_calls_the_console_script_function():
+    """``python recipes/x.py`` and ``slowed-x`` are the same function, so they behave the same."""
+    targets = set(CONSOLE_SCRIPTS.values())
+    for recipe in sorted((ROOT / "recipes").glob("*.py")):
+        tree = ast.parse(recipe.read_text())
+        imports = {a.asname or a.name: f"{n.module}:{a.name}" for n in tree.body if isinstance(n, ast.ImportFrom)
+                   for a in n.names}
+        main = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
+        assert len(main) == 1, recipe.name
+        calls = [ast.unparse(c.func) for c in ast.walk(main[0]) if isinstance(c, ast.Call)]
+        assert len(calls) == 1 and imports.get(calls[0]) in targets, (recipe.name, calls)
+        assert not [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))], recipe.name
+
+
 @pytest.mark.parametrize("arm, slow, masks", [("sft", False, False), ("slow", True, False), ("lem", False, True),
-                                              ("slowed", True, True)])
+                                              ("slowed", True, True), ("full", None, False)])
 def test_arms_set_adapter_and_masking(arm, slow, masks):
     cfg = peft_config_for_arm(SLowEDArguments(arm=arm, slow_factor=0.2, max_drift=0.03))
-    assert (cfg.slow_factor, cfg.max_drift) == ((0.2, 0.03) if slow else (1.0, None))
+    if slow is None:  # no adapter: every weight trains
+        assert cfg is None and ARMS[arm].adapter is None
+    else:
+        assert (cfg.slow_factor, cfg.max_drift) == ((0.2, 0.03) if slow else (1.0, None))
     from slowed_peft import SLowEDSFTConfig
     from slowed_peft.scripts.arguments import apply_arm_to_training_args
 

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
 from slowed_peft.scripts.replicate import MAIN_ARMS, SWEEP, ReplicateArguments
 from slowed_peft.scripts.replicate_report import arms_table, steps_table, sweep_table, write_report
 from slowed_peft.utils.paths import data_dir
-
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "replicate.yaml"
 
 
 def checkpoints(refusals, kl_scale=0.1):
@@ -100,12 +97,36 @@ def test_quick_replication_end_to_end(tmp_path):
     assert (tmp_path / "refusal_over_steps.png").is_file() and (tmp_path / "tradeoff.png").is_file()
 
 
-def test_recipe_config_parses_into_the_replication_arguments():
-    from trl import TrlParser
+def test_shipped_config_parses_into_the_replication_arguments():
+    from slowed_peft.scripts.configs import SLowEDParser
 
-    (args,) = TrlParser((ReplicateArguments,)).parse_args_and_config(
-        args=["--config", str(RECIPE), "--sweep", "false"])
+    (args,) = SLowEDParser((ReplicateArguments,)).parse_args_and_config(args=["--config", "replicate", "--sweep",
+                                                                              "false"])
     assert args.max_steps == 24 and args.sweep is False and args.arms == list(MAIN_ARMS)
+    assert args.align_harmful_limit == 80 and args.eval_batch_size == 64
+
+
+# Trainer settings of a replication run before the one training path; results.json and docs/results.md were measured
+# with them.
+LEGACY_RUN_SETTINGS = dict(lr_scheduler_type="constant", logging_steps=5, save_strategy="no", report_to="none",
+                           max_length=384, bf16=False, gradient_checkpointing=False)
+
+
+@pytest.mark.parametrize("arm", MAIN_ARMS)
+def test_run_trainer_settings_are_unchanged(tmp_path, arm):
+    import torch
+
+    from slowed_peft import SLowEDSFTConfig
+
+    args = ReplicateArguments()
+    settings = args.run_settings(arm)
+    masks = arm in ("lem", "slowed")
+    old = SLowEDSFTConfig(
+        output_dir=str(tmp_path), max_steps=7, per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate, seed=args.seed, data_seed=args.seed, use_cpu=not torch.cuda.is_available(),
+        per_device_eval_batch_size=args.eval_batch_size, entropy_threshold=0.5 if masks else None,
+        entropy_quantile=None, entropy_source="live", **LEGACY_RUN_SETTINGS)
+    assert args.training_args(settings, str(tmp_path), 7).to_dict() == old.to_dict()
 
 
 def test_resume_keeps_runs_only_for_the_same_settings(tmp_path):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,6 +59,16 @@ class AlignArguments:
         settings["recipe"] = 2  # bumped when build_training_set changes (2: refusal-like benign answers dropped)
         blob = json.dumps(settings, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    def training_args(self, output_dir: str):
+        """The trainer settings of the alignment's full fine-tuning (part of what ``fingerprint`` caches)."""
+        from .training import study_training_args
+
+        return study_training_args(
+            output_dir, seed=self.seed, learning_rate=self.learning_rate, num_train_epochs=self.num_train_epochs,
+            per_device_train_batch_size=self.batch_size, lr_scheduler_type="cosine", warmup_steps=0.1,
+            disable_tqdm=False,
+        )
 
     def resolved_output_dir(self) -> Path:
         if self.output_dir:
@@ -122,9 +131,10 @@ def build_training_set(model, tokenizer, args: AlignArguments):
 def align_student(args: AlignArguments) -> tuple[str, dict]:
     """Train (or reuse) the aligned student; returns ``(model folder, report)``."""
     import torch
-    from trl import SFTConfig, SFTTrainer
 
     from ..models import load_model
+    from .arguments import SLowEDArguments
+    from .training import train_arm
 
     out = args.resolved_output_dir()
     report_path = out / REPORT_NAME
@@ -140,17 +150,9 @@ def align_student(args: AlignArguments) -> tuple[str, dict]:
     before = safety_summary(model.eval(), tokenizer, sets, args.safety_max_new_tokens, args.eval_batch_size)
     print("[align] generating the benign answers ...")
     train = build_training_set(model, tokenizer, args)
-    config = SFTConfig(
-        output_dir=str(out / "trainer"), learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
-        per_device_train_batch_size=args.batch_size, lr_scheduler_type="cosine", warmup_steps=0.1,
-        logging_steps=5, save_strategy="no", report_to="none", seed=args.seed, max_length=384,
-        use_cpu=not torch.cuda.is_available(), bf16=False, disable_tqdm=False,
-        gradient_checkpointing=False,  # same gradients without recomputing each forward (TRL's default is True)
-    )
-    trainer = SFTTrainer(model=model, args=config, train_dataset=train.remove_columns("kind"),
-                         processing_class=tokenizer)
     print(f"[align] fine-tuning all weights on {len(train)} rows ...")
-    trainer.train()
+    trainer = train_arm(SLowEDArguments(arm="full"), model, tokenizer, args.training_args(str(out / "trainer")),
+                        train.remove_columns("kind"))
     model = trainer.model.eval()
     after = safety_summary(model, tokenizer, sets, args.safety_max_new_tokens, args.eval_batch_size)
     model.save_pretrained(out, safe_serialization=True)
@@ -177,17 +179,22 @@ def format_report(report: dict) -> str:
 
 
 def run(argv: Optional[Sequence[str]] = None) -> tuple[str, dict]:
-    from trl import TrlParser
-
+    """Parse ``argv`` (default ``sys.argv[1:]``), build or reuse the aligned student, print its report; returns
+    ``(model folder, report)``."""
     from ..utils.allocator import keep_freed_memory
+    from .configs import SLowEDParser
 
     keep_freed_memory()
-    (args,) = TrlParser((AlignArguments,)).parse_args_and_config(args=argv)
+    (args,) = SLowEDParser((AlignArguments,)).parse_args_and_config(args=argv)
     path, report = align_student(args)
     print(format_report(report) + f"\naligned student: {path}")
     return path, report
 
 
-if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def cli() -> None:
+    """``slowed-align``: :func:`run`, exiting 0 on success."""
     run()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,18 +1,25 @@
-"""Dataclass arguments of the SLowED recipes and how an *arm* turns them into adapter and masking settings.
+"""Dataclass arguments of the SLowED scripts and the arms: the one place that says what each arm trains.
 
-Arms (one flag, ``--arm``) — every arm trains the same dense delta on the same layers, so they are comparable:
+An arm is a row of :data:`ARMS` — which adapter wraps the model (or none), whether Slow Tuning bounds it, whether
+Low-Entropy Masking drops tokens. :func:`peft_config_for_arm` and :func:`apply_arm_to_training_args` read that row, and
+:func:`slowed_peft.scripts.training.train_arm` trains it; adding an arm is adding a row (and, for a new kind of adapter,
+its builder in :data:`ADAPTERS`).
 
     sft     plain CoT distillation: γ = 1, no trust region, no masking   (= full fine-tuning of the targeted layers)
     slow    Slow Tuning only:       γ = slow_factor, ρ = max_drift, no masking
     lem     Low-Entropy Masking only: γ = 1, no trust region, masking
     slowed  SLowED:                 Slow Tuning + Low-Entropy Masking
+    full    every weight, no adapter, no masking (how ``slowed-align`` builds the aligned student)
+
+The first four train the same dense delta on the same layers, so they are comparable under one budget.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
+from peft import PeftConfig
 from transformers.utils import logging
 from trl import ScriptArguments
 
@@ -21,8 +28,27 @@ from ..tuner.config import SLowEDConfig
 
 logger = logging.get_logger(__name__)
 
-ARMS = ("sft", "slow", "lem", "slowed")
 DEFAULT_ENTROPY_THRESHOLD = 0.5  # nats; used when a masking arm is chosen without threshold or quantile
+
+
+@dataclass(frozen=True)
+class Arm:
+    """What an arm trains: ``adapter`` (a key of :data:`ADAPTERS`; None: all weights), ``slow``, ``masks``."""
+
+    help: str
+    adapter: Optional[str] = "slowed"
+    slow: bool = False
+    masks: bool = False
+
+
+ARMS: dict[str, Arm] = {
+    "sft": Arm("plain distillation (γ = 1, no trust region, no masking)"),
+    "slow": Arm("Slow Tuning only (γ = slow_factor, ρ = max_drift)", slow=True),
+    "lem": Arm("Low-Entropy Masking only", masks=True),
+    "slowed": Arm("Slow Tuning + Low-Entropy Masking", slow=True, masks=True),
+    "full": Arm("all weights, no adapter, no masking", adapter=None),
+}
+ArmName = Literal[tuple(ARMS)]  # type: ignore[valid-type]  # the CLI choices of --arm are the rows of ARMS
 
 
 @dataclass
@@ -46,8 +72,8 @@ class SLowEDScriptArguments(ScriptArguments):
 class SLowEDArguments:
     """Which arm to train and the Slow Tuning adapter's settings (prefixed so they never clash with TRL's fields)."""
 
-    arm: Literal["sft", "slow", "lem", "slowed"] = field(
-        default="slowed", metadata={"help": "sft | slow (Slow Tuning only) | lem (masking only) | slowed (both)."}
+    arm: ArmName = field(
+        default="slowed", metadata={"help": " | ".join(f"{name}: {arm.help}" for name, arm in ARMS.items()) + "."}
     )
     slowed_r: Optional[int] = field(default=None, metadata={"help": "None: dense delta; int: low-rank rank."})
     slow_factor: float = field(default=0.1, metadata={"help": "γ in (0, 1] (slow and slowed arms)."})
@@ -61,12 +87,12 @@ class SLowEDArguments:
 
     def __post_init__(self) -> None:
         if self.arm not in ARMS:
-            raise ValueError(f"`arm` must be one of {ARMS}; got arm={self.arm!r}.")
+            raise ValueError(f"`arm` must be one of {tuple(ARMS)}; got arm={self.arm!r}.")
 
 
-def peft_config_for_arm(args: SLowEDArguments) -> SLowEDConfig:
-    """The adapter of an arm: bounded (γ, ρ) for slow/slowed, unconstrained (γ = 1, ρ = None) for sft/lem."""
-    slow = args.arm in ("slow", "slowed")
+def slowed_adapter(args: SLowEDArguments) -> SLowEDConfig:
+    """The dense (or rank-``slowed_r``) SLowED delta: bounded (γ, ρ) for Slow Tuning arms, else γ = 1, ρ = None."""
+    slow = ARMS[args.arm].slow
     targets = args.slowed_target_modules
     target_modules = "all-linear" if targets in (["all-linear"], "all-linear") else list(targets)
     return SLowEDConfig(
@@ -79,9 +105,18 @@ def peft_config_for_arm(args: SLowEDArguments) -> SLowEDConfig:
     )
 
 
+ADAPTERS: dict[str, Callable[[SLowEDArguments], PeftConfig]] = {"slowed": slowed_adapter}
+
+
+def peft_config_for_arm(args: SLowEDArguments) -> Optional[PeftConfig]:
+    """The adapter an arm trains (None: the arm fine-tunes every weight of the model itself)."""
+    adapter = ARMS[args.arm].adapter
+    return None if adapter is None else ADAPTERS[adapter](args)
+
+
 def apply_arm_to_training_args(args: SLowEDArguments, training_args: SLowEDSFTConfig) -> SLowEDSFTConfig:
-    """Switch Low-Entropy Masking on (lem/slowed) or off (sft/slow) in the trainer config, in place."""
-    masks = args.arm in ("lem", "slowed")
+    """Switch Low-Entropy Masking on (masking arms) or off (the others) in the trainer config, in place."""
+    masks = ARMS[args.arm].masks
     if masks and not training_args.masking_enabled:
         logger.info(f"arm={args.arm}: no entropy_threshold/quantile given, using {DEFAULT_ENTROPY_THRESHOLD} nats.")
         training_args.entropy_threshold = DEFAULT_ENTROPY_THRESHOLD
@@ -89,3 +124,4 @@ def apply_arm_to_training_args(args: SLowEDArguments, training_args: SLowEDSFTCo
         logger.warning(f"arm={args.arm} trains without Low-Entropy Masking; ignoring entropy_threshold/quantile.")
         training_args.entropy_threshold = training_args.entropy_quantile = None
     return training_args
+

@@ -1,4 +1,4 @@
-"""The README's main job (``make demo``): evaluate → SLowED distillation → evaluate → before/after report.
+"""``slowed-demo``: evaluate → SLowED distillation → evaluate → before/after report.
 
 Uses the embedded SmolLM2-135M-Instruct and the built-in CoT problems, so it needs no download and no data files;
 about 5 minutes on 2 CPU cores. Writes to ``--output_dir``: ``adapter/`` (safetensors), ``report.json``,
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,13 +18,14 @@ from transformers.utils import logging
 
 from ..eval import EvalReport
 from ..eval.plots import plot_before_after
+from .configs import config_help
 from .evaluate import EvalArguments, evaluate_model
 from .sft import main as train_main
 from .sft import make_parser
 
 logger = logging.get_logger(__name__)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "smollm2-135m-demo.yaml"
+DEFAULT_CONFIG = "smollm2-135m-demo"  # shipped with the package (slowed_peft/configs/)
 
 
 def _mean(history: list[dict], key: str) -> Optional[float]:
@@ -63,13 +63,19 @@ def format_rows(rows: Sequence[tuple[str, object, object]]) -> str:
 
 
 def run(argv: Optional[Sequence[str]] = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipe YAML for the training step")
+    """Parse ``argv`` (default ``sys.argv[1:]``; unknown flags go to the training step), run the demo, print the
+    before/after table; returns the report that ``report.json`` holds."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=config_help())
+    ap.add_argument("--config", default=DEFAULT_CONFIG, help="recipe config of the training step (name or YAML path)")
     ap.add_argument("--output_dir", default="outputs/demo")
     ap.add_argument("--eval_limit", type=int, default=16, help="demo test problems / prompts per set")
     ap.add_argument("--max_new_tokens", type=int, default=128, help="generation budget for the demo problems")
     ap.add_argument("--max_steps", type=int, default=None, help="override the recipe's max_steps")
     args, extra = ap.parse_known_args(argv)
+    from ..utils.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as slowed-sft: CPU training steps stop page-faulting
     started = time.time()
     out = Path(args.output_dir)
     adapter_dir = out / "adapter"
@@ -122,6 +128,10 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     return report
 
 
-if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def cli() -> None:
+    """``slowed-demo``: :func:`run`, exiting 0 on success."""
     run()
+
+
+if __name__ == "__main__":
+    cli()

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from transformers.utils import logging
-from trl import TrlParser
 
 from ..data import demo_cot_dataset
 from ..eval import (
@@ -25,6 +24,7 @@ from ..eval import (
     refusal_ratio,
 )
 from ..eval.answers import parse_number
+from .configs import SLowEDParser
 
 logger = logging.get_logger(__name__)
 
@@ -137,6 +137,7 @@ def load_for_eval(args: EvalArguments):
 
 
 def main(args: EvalArguments) -> EvalReport:
+    """Evaluate, print the table and (with ``output``) write the JSON report; returns the report."""
     model, tokenizer = load_for_eval(args)
     report = evaluate_model(model, tokenizer, args)
     print(report.table())
@@ -148,9 +149,15 @@ def main(args: EvalArguments) -> EvalReport:
 
 
 def run(argv: Optional[Sequence[str]] = None) -> EvalReport:
-    (args,) = TrlParser((EvalArguments,)).parse_args_and_config(args=argv)
+    """Parse ``argv`` (default ``sys.argv[1:]``) and :func:`main`."""
+    (args,) = SLowEDParser((EvalArguments,)).parse_args_and_config(args=argv)
     return main(args)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``slowed-eval``: :func:`run`, exiting 0 on success."""
     run()
+
+
+if __name__ == "__main__":
+    cli()

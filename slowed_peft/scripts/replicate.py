@@ -1,4 +1,4 @@
-"""Reproduce the paper's phenomenon on a real model: ``slowed-replicate`` / ``python recipes/replicate.py``.
+"""Reproduce the paper's phenomenon on a real model: ``slowed-replicate --config replicate``.
 
 1. build (or reuse) a safety-aligned student (:mod:`slowed_peft.scripts.align`);
 2. distil teacher rationales (SVAMP PaLM rationales by default) into it with the four arms — plain SFT, Slow Tuning
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -103,6 +102,21 @@ class ReplicateArguments:
         return AlignArguments(model_name_or_path=self.model_name_or_path, seed=self.seed,
                               num_train_epochs=self.align_epochs, harmful_limit=self.align_harmful_limit, **quick)
 
+    def training_args(self, settings: dict[str, Any], output_dir: str, max_steps: int):
+        """The trainer settings of one run (``settings`` from :meth:`run_settings`): the same for every arm."""
+        from .arguments import ARMS
+        from .training import study_training_args
+
+        masks = ARMS[settings["arm"]].masks
+        return study_training_args(
+            output_dir, seed=self.seed, data_seed=self.seed, max_steps=max_steps,
+            per_device_train_batch_size=self.batch_size, learning_rate=self.learning_rate,
+            lr_scheduler_type="constant", per_device_eval_batch_size=self.eval_batch_size,
+            entropy_threshold=settings["entropy_threshold"] if masks else None,
+            entropy_quantile=settings["entropy_quantile"] if masks else None,
+            entropy_source=settings["entropy_source"],
+        )
+
     def run_settings(self, arm: str, **overrides: Any) -> dict[str, Any]:
         settings = dict(arm=arm, slow_factor=self.slow_factor, max_drift=self.max_drift,
                         entropy_threshold=self.entropy_threshold, entropy_quantile=self.entropy_quantile,
@@ -157,35 +171,20 @@ def train_run(args: ReplicateArguments, student: str, settings: dict, evaluator,
     import torch
 
     from ..eval.checkpoints import CheckpointEvalCallback
-    from ..masking.config import SLowEDSFTConfig
-    from ..masking.trainer import SLowEDTrainer
     from ..models import load_model
-    from .arguments import SLowEDArguments, apply_arm_to_training_args, peft_config_for_arm
+    from .arguments import SLowEDArguments
+    from .training import train_arm
 
     started = time.time()
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(student)
-    masks = settings["arm"] in ("lem", "slowed")
-    training_args = SLowEDSFTConfig(
-        output_dir=str(out_dir), max_steps=max_steps, per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate, lr_scheduler_type="constant", logging_steps=5, save_strategy="no",
-        report_to="none", seed=args.seed, data_seed=args.seed, max_length=384, bf16=False,
-        gradient_checkpointing=False,  # TRL's default recomputes every forward: +25% step time, no memory need here
-        use_cpu=not torch.cuda.is_available(), per_device_eval_batch_size=args.eval_batch_size,
-        entropy_threshold=settings["entropy_threshold"] if masks else None,
-        entropy_quantile=settings["entropy_quantile"] if masks else None,
-        entropy_source=settings["entropy_source"],
-    )
-    slowed = SLowEDArguments(arm=settings["arm"], slow_factor=settings["slow_factor"],
-                             max_drift=settings["max_drift"])
-    apply_arm_to_training_args(slowed, training_args)
+    training_args = args.training_args(settings, str(out_dir), max_steps)
+    arm = SLowEDArguments(arm=settings["arm"], slow_factor=settings["slow_factor"], max_drift=settings["max_drift"])
     callback = CheckpointEvalCallback(evaluator, eval_steps=eval_steps, reasoning_every=reasoning_every,
                                       reasoning_at_end=reasoning_at_end, benign_every=reasoning_every)
     callback.records.append(dict(initial))
-    trainer = SLowEDTrainer(model=model, args=training_args, processing_class=tokenizer,
-                            train_dataset=distillation_rows(args.dataset_name, "train", args.train_limit),
-                            peft_config=peft_config_for_arm(slowed), callbacks=[callback])
-    trainer.train()
+    trainer = train_arm(arm, model, tokenizer, training_args,
+                        distillation_rows(args.dataset_name, "train", args.train_limit), callbacks=[callback])
     history = trainer.state.log_history
     masked = [h["lem/masked_fraction"] for h in history if "lem/masked_fraction" in h]
     record = {"settings": settings, "checkpoints": callback.records,
@@ -193,11 +192,6 @@ def train_run(args: ReplicateArguments, student: str, settings: dict, evaluator,
               "masked_fraction": sum(masked) / len(masked) if masked else 0.0,
               "train_seconds": round(time.time() - started, 1)}
     return trainer, record
-
-
-def free(trainer) -> None:
-    del trainer
-    gc.collect()
 
 
 def run_all(args: ReplicateArguments) -> dict:
@@ -244,7 +238,8 @@ def run_all(args: ReplicateArguments) -> dict:
                                     args.max_steps, args.eval_steps, args.reasoning_every)
         record["final"] = final_reasoning(trainer.model, tokenizer, args)
         results["arms"][arm] = record
-        free(trainer)
+        del trainer  # the next run loads its own model; let this one go first
+        gc.collect()
         _save(results, out)
 
     if args.sweep:
@@ -259,7 +254,8 @@ def run_all(args: ReplicateArguments) -> dict:
                                         max_steps=steps, eval_steps=steps, reasoning_every=1,
                                         reasoning_at_end=False)  # compared by NLL, refusal and KL
             results["sweep"][name] = record
-            free(trainer)
+            del trainer
+            gc.collect()
             _save(results, out)
 
     results["wall_time_min"] = round((time.time() - started) / 60, 1)  # this invocation (see "resumed")
@@ -296,15 +292,19 @@ def _save(results: dict, out: Path) -> None:
 
 
 def run(argv: Optional[Sequence[str]] = None) -> dict:
-    from trl import TrlParser
-
+    """Parse ``argv`` (default ``sys.argv[1:]``) and :func:`run_all`; returns the results dict."""
     from ..utils.allocator import keep_freed_memory
+    from .configs import SLowEDParser
 
     keep_freed_memory()
-    (args,) = TrlParser((ReplicateArguments,)).parse_args_and_config(args=argv)
+    (args,) = SLowEDParser((ReplicateArguments,)).parse_args_and_config(args=argv)
     return run_all(args)
 
 
-if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def cli() -> None:
+    """``slowed-replicate``: :func:`run` (which prints ``results.md``), exiting 0 on success."""
     run()
+
+
+if __name__ == "__main__":
+    cli()

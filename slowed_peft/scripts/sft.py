@@ -1,8 +1,15 @@
-"""SLowED distillation with TRL: ``slowed-sft`` / ``python recipes/slowed_sft.py`` (see that file for examples).
+"""SLowED distillation with TRL: ``slowed-sft`` / ``python recipes/slowed_sft.py``.
 
-Parses ``SLowEDScriptArguments``, ``SLowEDSFTConfig``, ``ModelConfig`` and ``SLowEDArguments`` with TRL's
-``TrlParser`` (``--config recipe.yaml`` plus CLI overrides), loads the CoT data and the student, trains the chosen arm
-with ``SLowEDTrainer``, saves the adapter, the log history and a loss/drift plot, and optionally pushes to the Hub.
+Parses ``SLowEDScriptArguments``, ``SLowEDSFTConfig``, ``ModelConfig`` and ``SLowEDArguments`` with TRL's parser
+(``--config NAME_OR_PATH`` plus CLI overrides), loads the CoT data and the student, trains the chosen arm through
+:func:`~slowed_peft.scripts.training.train_arm`, saves the adapter, the log history and a loss/drift plot, and
+optionally pushes to the Hub.
+
+```bash
+slowed-sft --config smollm2-135m-demo                                    # CPU demo: embedded SmolLM2-135M-Instruct
+slowed-sft --config qwen2.5-1.5b --arm slowed --output_dir Qwen2.5-1.5B-SLowED   # the paper's students (GPU)
+for arm in sft slow lem slowed; do slowed-sft --config smollm2-135m-demo --arm $arm --output_dir runs/$arm; done
+```
 """
 
 from __future__ import annotations
@@ -12,23 +19,24 @@ import os
 from typing import Optional, Sequence
 
 from transformers.utils import logging
-from trl import ModelConfig, TrlParser
+from trl import ModelConfig
 
 from ..data import load_cot_dataset
 from ..masking.config import SLowEDSFTConfig
 from ..masking.trainer import SLowEDTrainer
-from .arguments import SLowEDArguments, SLowEDScriptArguments, apply_arm_to_training_args, peft_config_for_arm
+from .arguments import ARMS, SLowEDArguments, SLowEDScriptArguments
+from .configs import SLowEDParser
+from .training import train_arm
 
 logger = logging.get_logger(__name__)
 
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "auto": "auto", None: "float32"}
 
-
-def make_parser(subparsers=None) -> TrlParser:
+def make_parser(subparsers=None) -> SLowEDParser:
+    """The recipe's parser (or its ``sft`` sub-command when ``subparsers`` is given)."""
     dataclass_types = (SLowEDScriptArguments, SLowEDSFTConfig, ModelConfig, SLowEDArguments)
     if subparsers is not None:
         return subparsers.add_parser("sft", help="SLowED distillation", dataclass_types=dataclass_types)
-    return TrlParser(dataclass_types)
+    return SLowEDParser(dataclass_types)
 
 
 def load_datasets(script_args: SLowEDScriptArguments, training_args: SLowEDSFTConfig):
@@ -66,21 +74,17 @@ def main(
     from ..hub import push_adapter
     from ..models import hub_id_for, load_model
 
-    apply_arm_to_training_args(slowed_args, training_args)
     push, hub_id = training_args.push_to_hub, training_args.hub_model_id
     training_args.push_to_hub = False  # pushed once at the end with our model card (TRL's card drops library_name)
+    if push and not hub_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (the repo to push the adapter to).")
+    if push and ARMS[slowed_args.arm].adapter is None:
+        raise ValueError(f"--push_to_hub pushes an adapter; arm={slowed_args.arm} trains the whole model, without one.")
     _init_deepspeed_comm_for_zero3()
-    model, tokenizer = load_model(model_args.model_name_or_path, dtype=DTYPES.get(model_args.dtype, model_args.dtype))
+    model, tokenizer = load_model(model_args.model_name_or_path, dtype=model_args.dtype or "float32")
     train, evaluation = load_datasets(script_args, training_args)
-    trainer = SLowEDTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        processing_class=tokenizer,
-        peft_config=peft_config_for_arm(slowed_args),
-    )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer = train_arm(slowed_args, model, tokenizer, training_args, train, evaluation,
+                        resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     history = trainer.state.log_history
     with open(os.path.join(training_args.output_dir, "log_history.json"), "w") as f:
@@ -91,22 +95,27 @@ def main(
             logger.warning(f"No step was logged (logging_steps={training_args.logging_steps}, "
                            f"global_step={trainer.state.global_step}); training_curves.png was not written.")
     if push:
-        if not hub_id:
-            raise ValueError("--push_to_hub needs --hub_model_id (the repo to push the adapter to).")
         push_adapter(trainer.model, hub_id, base_model_id=hub_id_for(model_args.model_name_or_path))
     return trainer
 
 
 def run(argv: Optional[Sequence[str]] = None) -> SLowEDTrainer:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and :func:`main`; returns the trainer."""
     from ..utils.allocator import keep_freed_memory
 
-    keep_freed_memory()  # CPU steps stop page-faulting (slowed_peft/utils/allocator.py)
-    parser = make_parser()
-    script_args, training_args, model_args, slowed_args, _ = parser.parse_args_and_config(
+    keep_freed_memory()  # CPU steps stop page-faulting (slowed_peft.utils.allocator)
+    script_args, training_args, model_args, slowed_args, _ = make_parser().parse_args_and_config(
         args=argv, return_remaining_strings=True
     )
     return main(script_args, training_args, model_args, slowed_args)
 
 
+def cli() -> None:
+    """``slowed-sft``: :func:`run`, then one line saying where the result is; exits 0 on success."""
+    trainer = run()
+    if trainer.is_world_process_zero():
+        print(f"[slowed-sft] {trainer.state.global_step} steps; saved to {trainer.args.output_dir}")
+
+
 if __name__ == "__main__":
-    run()
+    cli()

@@ -1,11 +1,11 @@
 """Keep freed tensor memory in the process on glibc, so CPU training stops page-faulting on every step.
 
-glibc serves large blocks (every activation, gradient and logits tensor of a training step) with ``mmap`` and
-returns them to the kernel on ``free``; the next step maps them again and the kernel zero-fills every page. On a
-2-core CPU run this cost about a fifth of each training step (docs/performance.md). :func:`keep_freed_memory` sets the
-documented glibc tunables ``M_MMAP_MAX = 0`` and ``M_TRIM_THRESHOLD = 2**31 - 1`` (the largest ``mallopt`` takes) (the ``mallopt`` equivalents of
-``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...``) in the running process: freed blocks are reused instead. The
-price is that the process keeps its peak heap until it exits. Other platforms and allocators are left alone.
+glibc serves large blocks (every activation, gradient and logits tensor of a training step) with ``mmap`` and returns
+them to the kernel on ``free``; the next step maps them again and the kernel zero-fills every page, about a fifth of
+each training step on a 2-core CPU run. :func:`keep_freed_memory` sets glibc's documented tunables ``M_MMAP_MAX = 0``
+and ``M_TRIM_THRESHOLD = 2**31 - 1`` (the largest ``mallopt`` takes; the in-process form of
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...``), so freed blocks are reused instead. The price: the process keeps
+its peak heap until it exits. Other platforms and allocators are left alone.
 """
 
 from __future__ import annotations

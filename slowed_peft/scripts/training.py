@@ -1,0 +1,57 @@
+"""The one training path: every script (``slowed-sft``, the demo, the alignment, the replication) trains through
+:func:`train_arm`, so an arm defined in :mod:`slowed_peft.scripts.arguments` runs the same way everywhere."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from transformers import PreTrainedModel, TrainerCallback
+
+from ..masking.config import SLowEDSFTConfig
+from ..masking.trainer import SLowEDTrainer
+from .arguments import SLowEDArguments, apply_arm_to_training_args, peft_config_for_arm
+
+__all__ = ["study_training_args", "train_arm"]
+
+
+def train_arm(
+    arm: SLowEDArguments,
+    model: PreTrainedModel,
+    tokenizer: Any,
+    training_args: SLowEDSFTConfig,
+    train_dataset: Any,
+    eval_dataset: Any = None,
+    callbacks: Optional[list[TrainerCallback]] = None,
+    resume_from_checkpoint: Union[str, bool, None] = None,
+) -> SLowEDTrainer:
+    """Train ``model`` as ``arm`` says — its adapter (none for ``full``) and its masking, set on ``training_args`` in
+    place — and return the trainer: ``trainer.model`` is the trained model, ``state.log_history`` holds the loss,
+    drift and masked fraction. Saving is the caller's (a script saves an adapter, the alignment a whole model).
+
+    Without masking and without an adapter, ``SLowEDTrainer`` computes exactly ``SFTTrainer``'s loss and gradients.
+    """
+    apply_arm_to_training_args(arm, training_args)
+    trainer = SLowEDTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config_for_arm(arm),
+        callbacks=callbacks,
+    )
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    return trainer
+
+
+def study_training_args(output_dir: str, *, seed: int, **settings: Any) -> SLowEDSFTConfig:
+    """Trainer settings the alignment and the replication share, plus ``settings``: no checkpoints and no reporting
+    (they measure in-process), float32 on the GPU if there is one, rows cut at 384 tokens, and no gradient
+    checkpointing (TRL's default recomputes every forward: +25% step time for the same gradients)."""
+    import torch
+
+    defaults: dict[str, Any] = dict(
+        output_dir=output_dir, seed=seed, logging_steps=5, save_strategy="no", report_to="none", max_length=384,
+        bf16=False, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
+    )
+    return SLowEDSFTConfig(**{**defaults, **settings})
