@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import warnings
-import weakref
 from typing import Any, NamedTuple, Optional
 
 import torch
@@ -34,44 +33,27 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 
 
 class _OptimizerSteps:
-    """Counts ``step()`` calls of the optimizers that update what a cached effective weight is built from.
+    """Counts ``optimizer.step()`` calls once a SLowED layer caches an effective weight.
 
     The cache is keyed on this count as well as on tensor version counters, because fused optimizers
     (``AdamW(fused=True)``, transformers' default ``adamw_torch_fused``) update parameters without bumping them. The
-    process-wide post-step hook is registered when the first layer builds a cache (not at import), and only counts
-    optimizers holding a dense delta or a base weight of such a layer. Whether an optimizer does is decided once per
-    optimizer, param-group layout and set of caching layers, so a step costs a dict lookup.
+    process-wide post-step hook is registered when the first layer builds a cache, not at import. It counts every
+    optimizer's steps: scoping by parameter identity misses optimizers that step flattened copies of the deltas
+    (DeepSpeed ZeRO-2), and a foreign step costs only one cache rebuild (tens of µs per matrix).
     """
 
     count = 0
     _hook_handle = None
-    _layers: "weakref.WeakSet[SLowEDLayer]" = weakref.WeakSet()
-    _generation = 0  # bumped when a layer starts caching, so that earlier verdicts are recomputed
-    _verdicts: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple]" = weakref.WeakKeyDictionary()
 
     @classmethod
-    def track(cls, layer: "SLowEDLayer") -> None:
-        """Count from now on the steps of optimizers that hold ``layer``'s cached inputs."""
-        if layer not in cls._layers:
-            cls._layers.add(layer)
-            cls._generation += 1
+    def track(cls) -> None:
+        """Start counting (idempotent)."""
         if cls._hook_handle is None:
             cls._hook_handle = register_optimizer_step_post_hook(cls._after_step)
 
     @classmethod
     def _after_step(cls, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
-        layout = (cls._generation, tuple(len(group["params"]) for group in optimizer.param_groups))
-        verdict = cls._verdicts.get(optimizer)
-        if verdict is None or verdict[0] != layout:
-            verdict = (layout, cls._updates_cached_inputs(optimizer))
-            cls._verdicts[optimizer] = verdict
-        if verdict[1]:
-            cls.count += 1
-
-    @classmethod
-    def _updates_cached_inputs(cls, optimizer: torch.optim.Optimizer) -> bool:
-        watched = {id(t) for layer in list(cls._layers) for t in layer._cache_inputs()}
-        return any(id(p) in watched for group in optimizer.param_groups for p in group["params"])
+        cls.count += 1
 
 
 class _EffectiveWeight(NamedTuple):
@@ -234,9 +216,6 @@ class SLowEDLayer(BaseTunerLayer):
     def _adapter_names(self) -> list[str]:
         return [*self.slowed_delta.keys(), *self.slowed_A.keys()]
 
-    def _cache_inputs(self) -> list[torch.Tensor]:
-        """The tensors a cached effective weight is built from: the base weight and every dense delta."""
-        return [self.get_base_layer().weight, *self.slowed_delta.values()]
 
 
 def unsupported_layer_error(layer: nn.Module) -> ValueError:
@@ -353,7 +332,7 @@ class Linear(nn.Module, SLowEDLayer):
         cache = self._weight_cache
         if cache is not None and cache.key == key:
             return cache
-        _OptimizerSteps.track(self)
+        _OptimizerSteps.track()
         scales, clipped = [], []
         for a, d in zip(dense, deltas):
             scale, clip = dense_scale(d, self._w0_norm(a, w0.device), self.slow_factor[a], self.max_drift[a],
