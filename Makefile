@@ -3,6 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY ?= 1
+# Local benchmark data (AdvBench, GSM8K, ...): the package reads it only through $SLOWED_DATA_DIR.
+ifneq ($(wildcard ../shared/data),)
+export SLOWED_DATA_DIR ?= $(abspath ../shared/data)
+endif
 
 .PHONY: setup demo test test-slow bench lint
 
@@ -23,3 +27,5 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check slowed_peft tests benchmarks recipes
+	$(VENV)/bin/ruff format --check slowed_peft tests benchmarks recipes
+	$(VENV)/bin/lint-imports --no-cache

@@ -35,7 +35,7 @@ def main() -> None:
 
     from slowed_peft.eval.generation import generate_ids
     from slowed_peft.eval.tasks import load_svamp, load_task
-    from slowed_peft.models import load_model
+    from slowed_peft.base_models import load_model
     from slowed_peft.scripts.align import AlignArguments, held_out_sets
 
     torch.manual_seed(0)

@@ -58,7 +58,7 @@ def main() -> None:
         r = ratios_for(base, torch.randint(0, 8192, (args.batch, 256)), args.repeats)
         rows.append({"setting": f"hidden {width}, seq 256", **r})
     if args.smollm2:
-        from slowed_peft.models import load_model
+        from slowed_peft.base_models import load_model
 
         base, _ = load_model("smollm2-135m-instruct")
         r = ratios_for(base, torch.randint(0, base.config.vocab_size, (1, 256)), args.repeats)

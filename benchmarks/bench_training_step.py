@@ -41,7 +41,7 @@ def child(model_path: str, arm: str, steps: int, config: dict) -> dict:
 
     from slowed_peft.masking.config import SLowEDSFTConfig
     from slowed_peft.masking.trainer import SLowEDTrainer
-    from slowed_peft.models import load_model
+    from slowed_peft.base_models import load_model
     from slowed_peft.scripts.arguments import SLowEDArguments, apply_arm_to_training_args, peft_config_for_arm
     from slowed_peft.scripts.replicate import distillation_rows
 

@@ -19,9 +19,9 @@ from typing import Any, Optional, Union
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import validate_repo_id
 
-from .tuner.registration import PEFT_TYPE_NAME
 from .eval.report import format_value
 from .tuner.export import LoraExportReport, export_as_lora
+from .tuner.registration import PEFT_TYPE_NAME
 
 __all__ = ["build_model_card", "push_adapter"]
 

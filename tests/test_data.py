@@ -107,40 +107,6 @@ def test_one_answers_module_behind_both_namespaces():
             eval_arithmetic(bad)
 
 
-def test_data_never_imports_eval_and_has_no_import_cycle():
-    """Layering tuner < masking < data < eval < scripts, and the modules inside data/ import each other one way."""
-    import ast
-    import pathlib
-
-    import slowed_peft.data as data
-
-    folder = pathlib.Path(data.__file__).parent
-    edges = {}
-    for file in folder.glob("*.py"):
-        tree = ast.parse(file.read_text(encoding="utf-8"))
-        imported = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom):
-                module = node.module or ""
-                assert not (node.level >= 2 and module.split(".")[0] in ("eval", "scripts")), (file.name, module)
-                assert not module.startswith(("slowed_peft.eval", "slowed_peft.scripts")), (file.name, module)
-                if node.level == 1 and module:
-                    imported.add(module.split(".")[0])
-        edges[file.stem] = imported
-    done: set = set()
-
-    def visit(name, path):
-        assert name not in path, f"import cycle {path + [name]}"
-        if name not in done:
-            for dep in edges.get(name, ()):
-                visit(dep, path + [name])
-            done.add(name)
-
-    for name in edges:
-        visit(name, [])
-    assert "hub" not in edges and "tables" in edges  # renamed: it loads tables, it does not push to the Hub
-
-
 def test_conversational_structure():
     row = to_prompt_completion("What is 2 + 3?", "2 + 3 = 5.", "5", conversational=True)
     assert row["prompt"] == [{"role": "user", "content": "What is 2 + 3?"}]

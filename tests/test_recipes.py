@@ -203,12 +203,12 @@ def test_recipe_push_to_hub_uses_our_model_card(tmp_path, tiny_dir, monkeypatch)
     with pytest.raises(ValueError, match="base_model_id=.*not a valid Hub id"):  # a local base has no Hub id
         sft_run(["--config", tiny_recipe(tmp_path, tiny_dir), "--max_steps", "1", "--push_to_hub", "true",
                  "--hub_model_id", "me/tiny-slowed", "--output_dir", str(tmp_path / "a")])
-    from slowed_peft.models import hub_id_for
+    from slowed_peft.base_models import hub_id_for
 
     assert hub_id_for("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert hub_id_for("Qwen/Qwen2.5-1.5B") == "Qwen/Qwen2.5-1.5B"
     assert not api.upload_folder.called
-    import slowed_peft.models as models
+    import slowed_peft.base_models as models
 
     monkeypatch.setattr(models, "hub_id_for", lambda name: "org/tiny-base")
     sft_run(["--config", tiny_recipe(tmp_path, tiny_dir), "--max_steps", "1", "--push_to_hub", "true",

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from ..data.bbh import read_bbh_examples, read_bbh_prompt
 from ..data.gsm8k import read_gsm8k
-from ..data.readers import data_root, find_data_file, read_agieval, read_arc, read_json_lines
+from ..data.readers import read_agieval, read_arc
 from ..data.sources import read_svamp
 
 __all__ = [
@@ -187,8 +187,6 @@ def load_svamp(
 
 
 # Old private names still imported by slowed_peft/scripts (align.py, replicate.py); use the public ones instead.
-_numeric_prompt = numeric_prompt
-_find, _read_jsonl, _root = find_data_file, read_json_lines, data_root
 
 
 def available_tasks() -> list[str]:

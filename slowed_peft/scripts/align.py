@@ -73,7 +73,7 @@ class AlignArguments:
     def resolved_output_dir(self) -> Path:
         if self.output_dir:
             return Path(self.output_dir)
-        from ..models import default_cache_root
+        from ..base_models import default_cache_root
 
         name = Path(self.model_name_or_path.rstrip("/")).name
         return default_cache_root() / "aligned" / f"{name}-{self.fingerprint()}"
@@ -83,10 +83,9 @@ def benign_arc_questions(n: int, data_dir=None) -> list[str]:
     """The first ``n`` ARC-Challenge train question stems (plain questions, no answer choices)."""
     if n <= 0:
         return []
-    from ..eval.tasks import _find, _read_jsonl, _root
+    from ..data.readers import read_arc
 
-    path = _find(_root(data_dir), "arc/ARC-Challenge-Train.jsonl", "arc/ARC-Challenge/ARC-Challenge-Train.jsonl")
-    return [row["question"]["stem"].strip() for row in _read_jsonl(path, n)]
+    return [row["question"]["stem"].strip() for row in read_arc("train", data_dir, n)]
 
 
 def held_out_sets(args: AlignArguments, limit: Optional[int] = None) -> dict[str, list[str]]:
@@ -132,7 +131,7 @@ def align_student(args: AlignArguments) -> tuple[str, dict]:
     """Train (or reuse) the aligned student; returns ``(model folder, report)``."""
     import torch
 
-    from ..models import load_model
+    from ..base_models import load_model
     from .arguments import SLowEDArguments
     from .training import train_arm
 

@@ -95,7 +95,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
                               safety_sets=["probes", "benign"], limit=args.eval_limit, batch_size=8,
                               max_new_tokens=args.max_new_tokens)
 
-    from ..models import load_model
+    from ..base_models import load_model
 
     print(f"[1/3] evaluating the base model {model_args.model_name_or_path} ...")
     base, tokenizer = load_model(model_args.model_name_or_path)

@@ -128,7 +128,7 @@ def load_for_eval(args: EvalArguments):
     """Base model + tokenizer, with the adapter attached (``import slowed_peft`` already registered SLOWED)."""
     from peft import PeftModel
 
-    from ..models import load_model
+    from ..base_models import load_model
 
     model, tokenizer = load_model(args.model_name_or_path)
     if args.adapter:

@@ -128,11 +128,11 @@ class ReplicateArguments:
 def distillation_rows(name: str, split: str, limit: Optional[int]):
     """CoT rows whose user turn is exactly the evaluation prompt, so training and scoring ask the same question."""
     from ..data import load_cot_dataset
-    from ..eval.tasks import _numeric_prompt
+    from ..eval.tasks import numeric_prompt
 
     ds = load_cot_dataset(name, split=split, limit=limit, conversational=True)
     if name in ("svamp", "gsm8k"):
-        ds = ds.map(lambda r: {"prompt": [{"role": "user", "content": _numeric_prompt(r["prompt"][0]["content"])}]})
+        ds = ds.map(lambda r: {"prompt": [{"role": "user", "content": numeric_prompt(r["prompt"][0]["content"])}]})
     return ds
 
 
@@ -171,7 +171,7 @@ def train_run(args: ReplicateArguments, student: str, settings: dict, evaluator,
     import torch
 
     from ..eval.checkpoints import CheckpointEvalCallback
-    from ..models import load_model
+    from ..base_models import load_model
     from .arguments import SLowEDArguments
     from .training import train_arm
 
@@ -198,7 +198,7 @@ def run_all(args: ReplicateArguments) -> dict:
     """The whole replication; writes everything under ``args.output_dir`` and returns the results dict."""
     import torch
 
-    from ..models import load_model
+    from ..base_models import load_model
     from .replicate_report import write_report
 
     started = time.time()

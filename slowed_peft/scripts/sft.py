@@ -72,7 +72,7 @@ def main(
     """Train one arm and save it; returns the trainer (its ``state.log_history`` holds loss, drift, masked fraction)."""
     from ..eval.plots import plot_training
     from ..hub import push_adapter
-    from ..models import hub_id_for, load_model
+    from ..base_models import hub_id_for, load_model
 
     push, hub_id = training_args.push_to_hub, training_args.hub_model_id
     training_args.push_to_hub = False  # pushed once at the end with our model card (TRL's card drops library_name)

@@ -95,8 +95,7 @@ class SLowEDLayer(BaseTunerLayer):
         if hasattr(getattr(base, "weight", None), "ds_id"):
             raise ValueError(
                 "SLowED cannot wrap weights partitioned by DeepSpeed ZeRO-3 (it needs W0 whole to set the trust region "
-                "and to build W0 + ΔW). Use ZeRO-2 (recipes/deepspeed/zero2.json), DDP or FSDP2 "
-                "(recipes/accelerate/fsdp2.yaml) instead."
+                "and to build W0 + ΔW). Use ZeRO-2, DDP or FSDP2 instead."
             )
         if isinstance(base, nn.Linear):
             self.in_features, self.out_features = base.in_features, base.out_features

@@ -1,4 +1,4 @@
-"""``slowed_peft.models``: the embedded SmolLM2 alias (GGUF -> cached safetensors, converted once) and load errors.
+"""``slowed_peft.base_models``: the embedded SmolLM2 alias (GGUF -> cached safetensors, converted once) and load errors.
 
 The real GGUF conversion (~30 s) runs once per session in a module-scoped fixture; everything else uses a tiny
 Llama standing in for the GGUF loader, so it is fast.
@@ -14,8 +14,8 @@ import torch
 from testing_utils import build_char_tokenizer, build_tiny
 from transformers import LlamaForCausalLM
 
-from slowed_peft import models
-from slowed_peft.models import EMBEDDED_MODELS, load_model, resolve_model_path
+from slowed_peft import base_models as models
+from slowed_peft.base_models import EMBEDDED_MODELS, load_model, resolve_model_path
 
 ALIAS = "smollm2-135m-instruct"
 
