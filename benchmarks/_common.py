@@ -9,7 +9,7 @@ import platform
 import resource
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -70,7 +70,7 @@ class RssSampler:
             self.peak = max(self.peak, self.rss_mb() - self.base)
             time.sleep(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self.base = self.rss_mb()
         self._thread.start()
         return self

@@ -19,6 +19,7 @@ import sys
 
 import torch
 
+
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import alternate, machine, median, write_json  # noqa: E402
 
@@ -33,9 +34,9 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    from slowed_peft.base_models import load_model
     from slowed_peft.eval.generation import generate_ids
     from slowed_peft.eval.tasks import load_svamp, load_task
-    from slowed_peft.base_models import load_model
     from slowed_peft.scripts.align import AlignArguments, held_out_sets
 
     torch.manual_seed(0)

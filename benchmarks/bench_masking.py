@@ -18,10 +18,12 @@ import os
 import subprocess
 import sys
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import RssSampler, alternate, machine, median, tiny_tokenizer, write_json  # noqa: E402

@@ -17,9 +17,11 @@ from types import SimpleNamespace
 import torch
 from transformers import LlamaForCausalLM
 
+
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import alternate, machine, median, write_json  # noqa: E402
 from bench_tuner import build_arm, make_step, model_config  # noqa: E402
+
 
 ARMS = ("full_ft", "slowed_dense", "lora", "slowed_lowrank")
 

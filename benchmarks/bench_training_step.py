@@ -17,8 +17,10 @@ import os
 import subprocess
 import sys
 
+
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine, median, write_json  # noqa: E402
+
 
 CONFIGS = {
     "checkpointing (TRL default)": {"gradient_checkpointing": True, "keep_freed_memory": False},
@@ -39,9 +41,9 @@ def child(model_path: str, arm: str, steps: int, config: dict) -> dict:
     import torch
     from transformers import TrainerCallback
 
+    from slowed_peft.base_models import load_model
     from slowed_peft.masking.config import SLowEDSFTConfig
     from slowed_peft.masking.trainer import SLowEDTrainer
-    from slowed_peft.base_models import load_model
     from slowed_peft.scripts.arguments import SLowEDArguments, apply_arm_to_training_args, peft_config_for_arm
     from slowed_peft.scripts.replicate import distillation_rows
 

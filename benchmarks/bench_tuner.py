@@ -19,11 +19,13 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import RssSampler, alternate, machine, median, write_json  # noqa: E402
 
 import slowed_peft  # noqa: E402,F401
 from slowed_peft import SLowEDConfig  # noqa: E402
+
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

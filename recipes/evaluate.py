@@ -14,5 +14,6 @@ python recipes/evaluate.py --model_name_or_path Qwen/Qwen2.5-1.5B --adapter Qwen
 
 from slowed_peft.scripts.evaluate import cli
 
+
 if __name__ == "__main__":
     cli()

@@ -16,5 +16,6 @@ HF_HUB_OFFLINE=1 slowed-align
 
 from slowed_peft.scripts.replicate import cli
 
+
 if __name__ == "__main__":
     cli()

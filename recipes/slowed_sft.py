@@ -35,5 +35,6 @@ done
 
 from slowed_peft.scripts.sft import cli
 
+
 if __name__ == "__main__":
     cli()

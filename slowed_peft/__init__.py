@@ -13,6 +13,7 @@ from .tuner import SLOWED, Linear, SLowEDConfig, SLowEDLayer, SLowEDModel, regis
 from .tuner.drift import WeightDrift, weight_drift
 from .tuner.export import LoraExportReport, export_as_lora
 
+
 __version__ = "0.1.0"
 
 PeftTypeSLOWED = SLOWED  # importing .tuner registered it

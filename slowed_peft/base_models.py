@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging
 
+
 logger = logging.get_logger(__name__)
 
 CACHE_ENV_VAR = "SLOWED_CACHE_DIR"

@@ -23,6 +23,7 @@ from .eval.report import format_value
 from .tuner.export import LoraExportReport, export_as_lora
 from .tuner.registration import PEFT_TYPE_NAME
 
+
 __all__ = ["build_model_card", "push_adapter"]
 
 PAPER_URL = "https://arxiv.org/abs/2508.09666"

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.path.isdir(_d := f"{os.path.dirname(__file__)}/../../shared/data") and os.environ.setdefault("SLOWED_DATA_DIR", _d)
 
 import pytest  # noqa: E402
-from testing_utils import FAMILIES, build_char_tokenizer, build_tiny  # noqa: E402
 
 import slowed_peft  # noqa: E402,F401  (registers the SLOWED PEFT type)
+
+from testing_utils import FAMILIES, build_char_tokenizer, build_tiny  # noqa: E402
 
 
 @pytest.fixture(params=FAMILIES)

@@ -8,13 +8,15 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 
+
 sys.path.insert(0, os.path.dirname(__file__))
-from testing_utils import tiny_config  # noqa: E402
 from peft import get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 import slowed_peft  # noqa: E402
 from slowed_peft import SLowEDConfig  # noqa: E402
+
+from testing_utils import tiny_config  # noqa: E402
 
 
 def main(out_dir: str, granularity: str, r: str) -> None:

@@ -127,12 +127,13 @@ def test_align_trainer_settings_are_the_plain_sft_ones(tmp_path):
 def test_full_arm_trains_exactly_like_plain_sft_trainer(tmp_path):
     """``train_arm(arm="full")`` — the alignment's fine-tuning — gives SFTTrainer's losses and weights bit for bit."""
     import torch
-    from testing_utils import build_char_tokenizer, build_tiny
     from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
 
     from slowed_peft.scripts.arguments import SLowEDArguments
     from slowed_peft.scripts.training import train_arm
+
+    from testing_utils import build_char_tokenizer, build_tiny
 
     build_tiny("llama", tmp_path / "tiny")
     tokenizer = build_char_tokenizer(tmp_path / "tiny")

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from testing_utils import build_char_tokenizer, build_tiny
 from transformers import LlamaForCausalLM
 
 from slowed_peft import base_models as models
 from slowed_peft.base_models import EMBEDDED_MODELS, load_model, resolve_model_path
+
+from testing_utils import build_char_tokenizer, build_tiny
+
 
 ALIAS = "smollm2-135m-instruct"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from testing_utils import build_char_tokenizer, build_tiny
 from datasets import Dataset
 from peft import get_peft_model
 
@@ -12,6 +11,9 @@ from slowed_peft import SLowEDConfig, SLowEDSFTConfig, SLowEDTrainer
 from slowed_peft.eval.checkpoints import CheckpointEvalCallback, CheckpointEvaluator, completion_nll
 from slowed_peft.eval.safety import harmful_kl
 from slowed_peft.masking.annotate import tokenize_like_trl
+
+from testing_utils import build_char_tokenizer, build_tiny
+
 
 ROWS = [{"prompt": [{"role": "user", "content": f"{i}+{i}?"}],
          "completion": [{"role": "assistant", "content": f"{i}+{i} is {2 * i}. So the answer is {2 * i}."}]}

@@ -6,6 +6,7 @@ import json
 import os
 import re
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402

@@ -6,11 +6,13 @@ import copy
 
 import pytest
 import torch
-from testing_utils import VOCAB, build_char_tokenizer
 from transformers import GenerationConfig
 
 from slowed_peft.eval.decoding import greedy_decode_pruned, supports_pruned_decoding
 from slowed_peft.eval.generation import generate_ids, left_pad
+
+from testing_utils import VOCAB, build_char_tokenizer
+
 
 MAX_NEW = 12
 
@@ -140,9 +142,9 @@ def test_common_prefix_length_and_prefix_pad():
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_shared_prefix_prefilled_once_same_tokens(family, tmp_path):
     """The shared prefix runs once with batch 1 and the continuations equal generate's on the left-padded batch."""
-    from testing_utils import build_tiny
-
     from slowed_peft.eval.decoding import common_prefix_length, prefix_pad
+
+    from testing_utils import build_tiny
 
     model = build_tiny(family, tmp_path / family)
     batch = _shared_prefix_batch()

@@ -12,9 +12,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from testing_utils import build_char_tokenizer, build_tiny
 
 from slowed_peft.scripts.configs import resolve_config
+
+from testing_utils import build_char_tokenizer, build_tiny
+
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,6 +11,7 @@ import string
 import pytest
 import torch
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from slowed_peft.eval import (  # noqa: E402
@@ -49,6 +50,7 @@ from slowed_peft.eval import (  # noqa: E402
     score_outputs,
     split_advbench,
 )
+
 
 # ------------------------------------------------------------------------------------------ answer extraction
 

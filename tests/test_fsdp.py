@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 
 

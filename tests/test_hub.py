@@ -7,13 +7,15 @@ from unittest.mock import MagicMock
 
 import pytest
 import torch
-from testing_utils import build_tiny
 from huggingface_hub import ModelCard
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 
 from slowed_peft import SLowEDConfig
 from slowed_peft.hub import build_model_card, push_adapter
+
+from testing_utils import build_tiny
+
 
 REPO = "someone/tiny-slowed"
 BASE = "org/tiny-llama"

@@ -13,6 +13,7 @@ import pytest
 
 import slowed_peft
 
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(slowed_peft.__file__).parent
 REPO_PATHS = ("recipes/", "recipes\\", "../shared", "shared/data")

@@ -7,11 +7,13 @@ import math
 import pytest
 import torch
 from datasets import Dataset, load_dataset
-from testing_utils import build_char_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from slowed_peft import EntropyMaskingCollator, annotate_entropy, token_entropy
 from slowed_peft.masking import low_entropy_mask, model_token_entropy
+
+from testing_utils import build_char_tokenizer
+
 
 V = 8
 PEAKED, UNIFORM = 0, 1  # after token 0 the next token is almost surely 3; after token 1 it is uniform
@@ -103,7 +105,7 @@ def test_annotate_raw_prompt_completion_and_padding_invariance(tmp_path):
 def test_annotate_reuses_the_datasets_cache(tmp_path):
     model = controlled_model()
     path = tmp_path / "data.jsonl"
-    path.write_text("\n".join('{"input_ids": [1, 0, 1, %d]}' % i for i in range(6)))
+    path.write_text("\n".join(f'{{"input_ids": [1, 0, 1, {i}]}}' for i in range(6)))
     ds = load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
     calls = []
     handle = model.model.register_forward_hook(lambda *a: calls.append(1))

@@ -6,7 +6,9 @@ import re
 from pathlib import Path
 
 import torch
+
 from testing_utils import build_tiny
+
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from testing_utils import build_char_tokenizer, build_tiny
 
 import slowed_peft
 from slowed_peft.scripts.arguments import ARMS, SLowEDArguments, peft_config_for_arm
 from slowed_peft.scripts.configs import resolve_config, shipped_configs
 from slowed_peft.scripts.sft import make_parser
 from slowed_peft.scripts.sft import run as sft_run
+
+from testing_utils import build_char_tokenizer, build_tiny
+
 
 try:
     import tomllib
@@ -94,10 +96,10 @@ def test_the_package_stands_alone_without_the_repository(tmp_path):
                     ignore=shutil.ignore_patterns("__pycache__"))
     code = ("import slowed_peft, slowed_peft.scripts.demo as demo\n"
             "from slowed_peft.scripts.sft import make_parser\n"
-            "assert slowed_peft.__file__.startswith(%r), slowed_peft.__file__\n"
+            f"assert slowed_peft.__file__.startswith({str(tmp_path)!r}), slowed_peft.__file__\n"
             "_, t, m, a, _ = make_parser().parse_args_and_config(args=['--config', demo.DEFAULT_CONFIG], "
             "return_remaining_strings=True)\n"
-            "print(m.model_name_or_path, t.max_steps, a.arm)\n") % str(tmp_path)
+            "print(m.model_name_or_path, t.max_steps, a.arm)\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                          env=env)

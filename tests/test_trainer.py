@@ -8,7 +8,6 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import PeftModel
-from testing_utils import build_char_tokenizer, build_tiny
 from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
@@ -21,6 +20,9 @@ from slowed_peft import (
     add_slowed_metrics,
     annotate_entropy,
 )
+
+from testing_utils import build_char_tokenizer, build_tiny
+
 
 COMMON = dict(use_cpu=True, bf16=False, report_to="none", logging_steps=1, save_strategy="no", max_length=64,
               learning_rate=5e-3, seed=0, dataloader_num_workers=0, disable_tqdm=True)

@@ -12,6 +12,7 @@ from trl import SFTTrainer
 
 from slowed_peft.masking.trainer import TRL_MIRRORED_VERSION
 
+
 # (first line, last line) of each mirrored region of `SFTTrainer.compute_loss`, in `ast.unparse` form (comments and
 # formatting normalised away), and the sha256 of the regions as TRL 1.16.0 has them.
 REGIONS = {

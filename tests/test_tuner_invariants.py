@@ -6,12 +6,14 @@ import copy
 
 import pytest
 import torch
-from testing_utils import VOCAB, batch
 from peft import get_peft_model
 from transformers.pytorch_utils import Conv1D
 
 import slowed_peft
 from slowed_peft import SLowEDConfig, SLowEDLayer
+
+from testing_utils import VOCAB, batch
+
 
 RANKS = [None, 4]
 

@@ -10,12 +10,13 @@ import textwrap
 import pytest
 import torch
 from peft import get_peft_model
-from testing_utils import batch
 from transformers.pytorch_utils import Conv1D
 
 from slowed_peft import SLowEDConfig
 from slowed_peft.tuner.functional import trust_region_scale
 from slowed_peft.tuner.layer import Linear, _OptimizerSteps
+
+from testing_utils import batch
 
 
 def make_layer(kind: str, granularity: str, rho, r=None, seed=0):

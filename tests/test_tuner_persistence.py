@@ -13,10 +13,11 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils.peft_types import PeftType
 from safetensors.torch import load_file
-from testing_utils import batch, build_tiny
 
 import slowed_peft
 from slowed_peft import SLowEDConfig
+
+from testing_utils import batch, build_tiny
 
 
 def trained(model, r=None, seed=0, **kw):

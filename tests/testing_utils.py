@@ -12,6 +12,7 @@ from transformers import (
     Qwen2Config,
 )
 
+
 VOCAB = 96
 
 

@@ -28,6 +28,7 @@ from .gsm8k import gsm8k_to_prompt_completion, load_gsm8k, parse_gsm8k_answer
 from .sources import cqa_question, load_cot_dataset, load_cqa, load_svamp, parse_teacher_output
 from .tables import ACCEPTED_LAYOUTS, BUILTIN_SOURCES, convert_auto, load_table
 
+
 __all__ = [
     "ACCEPTED_LAYOUTS",
     "ANSWER_PREFIX",

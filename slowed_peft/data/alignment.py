@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from datasets import Dataset
+
 
 __all__ = [
     "REFUSAL_RESPONSES",

@@ -21,7 +21,9 @@ from __future__ import annotations
 import ast
 import operator
 import re
-from typing import Any, Callable, Dict, Optional
+from collections.abc import Callable
+from typing import Any, Optional
+
 
 __all__ = [
     "ANSWER_PREFIX",
@@ -137,7 +139,7 @@ def normalize_answer(text: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ arithmetic
 
-_OPS: Dict[type, Callable[..., float]] = {
+_OPS: dict[type, Callable[..., float]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,

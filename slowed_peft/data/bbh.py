@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Optional, Union
 
 from datasets import Dataset
 
 from .answers import ANSWER_PREFIX, canonical_answer
 from .formats import clip_limit, rows_to_dataset, to_prompt_completion
 from .readers import data_root, default_data_path, find_data_file
+
 
 PathLike = Union[str, Path]
 
@@ -39,14 +40,14 @@ def read_bbh_prompt(task: str, data_dir: Optional[PathLike] = None) -> str:
     return bbh_few_shot(file.read_text(encoding="utf-8"))
 
 
-def read_bbh_examples(task: str, data_dir: Optional[PathLike] = None, limit: Optional[int] = None) -> List[dict]:
+def read_bbh_examples(task: str, data_dir: Optional[PathLike] = None, limit: Optional[int] = None) -> list[dict]:
     """The first ``limit`` examples ``{"input", "target"}`` of BBH ``task``."""
     file = find_data_file(data_root(data_dir), *(f.format(task=task) for f in BBH_EXAMPLE_FILES))
     examples = json.loads(file.read_text(encoding="utf-8"))["examples"]
     return examples[: clip_limit(len(examples), limit)]
 
 
-def parse_bbh_prompt(text: str, include_description: bool = True) -> List[Dict[str, str]]:
+def parse_bbh_prompt(text: str, include_description: bool = True) -> list[dict[str, str]]:
     """Few-shot exemplars of a BBH CoT prompt as ``{"question", "rationale", "answer"}`` dicts.
 
     The file is a header (canary line, ``-----``, task description) then ``Q: ...\\nA: ...`` blocks whose rationale
@@ -73,7 +74,7 @@ def load_bbh(
     split: str = "train",
     limit: Optional[int] = None,
     conversational: bool = False,
-    tasks: Optional[List[str]] = None,
+    tasks: Optional[list[str]] = None,
 ) -> Dataset:
     """BBH CoT exemplars from a prompt ``.txt`` file or a folder of them (default: the data folder's
     ``bbh/cot-prompts``). Only the few-shot exemplars carry rationales, so the only split is ``"train"``; ``tasks``

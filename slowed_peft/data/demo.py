@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Callable, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Optional
 
 from datasets import Dataset
 
 from .formats import rows_to_dataset, to_prompt_completion
 
-Problem = Tuple[str, List[str], str]  # question, rationale steps, answer
+
+Problem = tuple[str, list[str], str]  # question, rationale steps, answer
 
 NAMES = [
     "Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Ivy", "Jack", "Kate", "Liam",
@@ -31,7 +33,7 @@ DEFAULT_SIZES = {"train": 1000, "test": 200}
 TEST_BUCKETS = 5  # one in TEST_BUCKETS prompt hashes belongs to the test split
 
 
-def _step(a: int, op: str, b: int) -> Tuple[int, str]:
+def _step(a: int, op: str, b: int) -> tuple[int, str]:
     value = {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
     return value, f"{a} {op} {b} = {value}"
 
@@ -181,8 +183,8 @@ def truth_tellers(rng: random.Random) -> Problem:
     return f"{' '.join(facts)} Does {people[-1]} tell the truth?", steps, "Yes" if truthful else "No"
 
 
-ARITHMETIC: List[Callable[[random.Random], Problem]] = [shopping, sharing, rates, savings, packing]
-LOGIC: List[Callable[[random.Random], Problem]] = [ordering, boolean, truth_tellers]
+ARITHMETIC: list[Callable[[random.Random], Problem]] = [shopping, sharing, rates, savings, packing]
+LOGIC: list[Callable[[random.Random], Problem]] = [ordering, boolean, truth_tellers]
 
 
 def prompt_split(question: str) -> str:
@@ -191,12 +193,12 @@ def prompt_split(question: str) -> str:
     return "test" if digest % TEST_BUCKETS == 0 else "train"
 
 
-def generate_problems(split: str = "train", n: int = 1000, seed: int = 0) -> List[Problem]:
+def generate_problems(split: str = "train", n: int = 1000, seed: int = 0) -> list[Problem]:
     """``n`` distinct problems of ``split`` (half arithmetic, half logic), deterministic for ``(split, seed)``."""
     if split not in DEFAULT_SIZES:
         raise ValueError(f"The demo source has splits {list(DEFAULT_SIZES)}, not {split!r}.")
     rng = random.Random(f"slowed-demo-{seed}-{split}")
-    problems: List[Problem] = []
+    problems: list[Problem] = []
     seen = set()
     for _ in range(50 * n + 1000):
         if len(problems) >= n:

@@ -14,11 +14,13 @@ The completion always ends with the line ``So the answer is <answer>.`` (see :mo
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional
 
 from datasets import Dataset
 
 from .answers import ANSWER_PREFIX, answer_line, canonical_answer, extract_answer, strip_answer_line
+
 
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 
@@ -38,7 +40,7 @@ def completion_text(rationale: str, answer: Any) -> str:
 
 def to_prompt_completion(
     question: str, rationale: str, answer: Any, conversational: bool = False
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """One prompt-completion row from a question, a teacher rationale and the gold answer (see module docstring).
 
     A trailing answer sentence already present in ``rationale`` is replaced by the fixed answer line.
@@ -57,7 +59,7 @@ def to_prompt_completion(
     return {"prompt": PROMPT_TEMPLATE.format(question=question), "completion": " " + target, "answer": gold}
 
 
-def to_conversational(row: Dict[str, Any]) -> Dict[str, Any]:
+def to_conversational(row: dict[str, Any]) -> dict[str, Any]:
     """Convert a string prompt-completion row (this module's format) to the conversational one."""
     prompt, completion = row["prompt"], row["completion"]
     if not isinstance(prompt, str):
@@ -71,7 +73,7 @@ def to_conversational(row: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def rows_to_dataset(rows: Iterable[Dict[str, Any]], what: str = "dataset") -> Dataset:
+def rows_to_dataset(rows: Iterable[dict[str, Any]], what: str = "dataset") -> Dataset:
     """A ``datasets.Dataset`` from rows; ``ValueError`` when there are none."""
     rows = list(rows)
     if not rows:
@@ -119,7 +121,7 @@ def from_columns(
         answer_column = "answer"
     check_columns(ds, [prompt_column, completion_column] + ([answer_column] if answer_column else []))
 
-    def convert(example: Dict[str, Any], idx: int) -> Dict[str, Any]:
+    def convert(example: dict[str, Any], idx: int) -> dict[str, Any]:
         prompt = _message_text(example[prompt_column], "user")
         completion = _message_text(example[completion_column], "assistant")
         if answer_column:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Optional, Union
 
 from datasets import Dataset
 
@@ -16,13 +16,14 @@ from .answers import canonical_answer
 from .formats import check_columns, clip_limit, to_prompt_completion
 from .readers import data_root, find_data_file, read_json_lines, read_table_file
 
+
 PathLike = Union[str, Path]
 
 GSM8K_FILES = ("gsm8k/{split}.jsonl", "gsm8k/grade_school_math/data/{split}.jsonl")
 _CALCULATOR_RE = re.compile(r"<<[^>]*>>")
 
 
-def parse_gsm8k_answer(solution: str) -> Tuple[str, str]:
+def parse_gsm8k_answer(solution: str) -> tuple[str, str]:
     """``(rationale, answer)`` from a GSM8K worked solution: ``<<...>>`` annotations removed, answer after ``####``.
 
     Thousands separators are dropped from the answer (``1,080`` -> ``1080``).
@@ -46,7 +47,7 @@ def gsm8k_file(split: str = "train", path: Optional[PathLike] = None, data_dir: 
 
 def read_gsm8k(
     split: str = "test", path: Optional[PathLike] = None, data_dir: Optional[PathLike] = None, limit: Optional[int] = None
-) -> List[Dict[str, str]]:
+) -> list[dict[str, str]]:
     """The first ``limit`` GSM8K rows as ``{"question", "rationale", "answer"}`` dicts (see :func:`gsm8k_file`)."""
     rows = read_json_lines(gsm8k_file(split, path, data_dir), limit)
     return [dict(zip(("rationale", "answer"), parse_gsm8k_answer(r["answer"])), question=r["question"]) for r in rows]
@@ -58,7 +59,7 @@ def gsm8k_to_prompt_completion(
     """Convert GSM8K-layout rows (a question and a ``#### answer`` worked solution), e.g. a Hub copy of GSM8K."""
     check_columns(ds, [question_column, answer_column])
 
-    def convert(example: Dict[str, Any]) -> Dict[str, Any]:
+    def convert(example: dict[str, Any]) -> dict[str, Any]:
         rationale, answer = parse_gsm8k_answer(example[answer_column])
         return to_prompt_completion(example[question_column], rationale, answer, conversational)
 

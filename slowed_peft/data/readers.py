@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Optional, Union
 
 from datasets import Dataset, load_dataset
 
 from ..utils.paths import data_dir as configured_data_dir
+
 
 PathLike = Union[str, Path]
 
@@ -48,7 +49,7 @@ def find_data_file(root: Path, *candidates: str) -> Path:
     raise FileNotFoundError(f"Data file not found: {root / candidates[0]} (pass data_dir= or set SLOWED_DATA_DIR).")
 
 
-def read_json_lines(path: PathLike, limit: Optional[int] = None) -> List[Dict[str, Any]]:
+def read_json_lines(path: PathLike, limit: Optional[int] = None) -> list[dict[str, Any]]:
     """The first ``limit`` (default: all) non-empty lines of a JSON-lines file as dicts.
 
     ``FileNotFoundError`` naming the file when it is absent; ``ValueError`` naming file and line for bad JSON.
@@ -58,7 +59,7 @@ def read_json_lines(path: PathLike, limit: Optional[int] = None) -> List[Dict[st
         raise FileNotFoundError(f"Data file not found: {path}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}.")
-    rows: List[Dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if limit is not None and len(rows) >= limit:
@@ -87,13 +88,13 @@ def read_table_file(path: PathLike, builder: str = "json") -> Dataset:
         raise
 
 
-def read_arc(split: str = "test", data_dir: Optional[PathLike] = None, limit: Optional[int] = None) -> List[dict]:
+def read_arc(split: str = "test", data_dir: Optional[PathLike] = None, limit: Optional[int] = None) -> list[dict]:
     """Raw ARC-Challenge rows of ``split`` (``train``/``dev``/``test``): ``{"id", "question": {"stem", "choices"},
     "answerKey"}``."""
     name = split.capitalize()
     return read_json_lines(find_data_file(data_root(data_dir), *(f.format(split=name) for f in ARC_FILES)), limit)
 
 
-def read_agieval(task: str, data_dir: Optional[PathLike] = None, limit: Optional[int] = None) -> List[dict]:
+def read_agieval(task: str, data_dir: Optional[PathLike] = None, limit: Optional[int] = None) -> list[dict]:
     """Raw AGIEval rows of ``task``: ``{"passage", "question", "options": ["(A)...", ...], "label"}``."""
     return read_json_lines(find_data_file(data_root(data_dir), *(f.format(task=task) for f in AGIEVAL_FILES)), limit)

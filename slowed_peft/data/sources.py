@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Optional, Union
 
 from datasets import Dataset
 
@@ -26,6 +27,7 @@ from .formats import clip_limit, rows_to_dataset, to_prompt_completion
 from .gsm8k import load_gsm8k
 from .readers import data_root, default_data_path, find_data_file, read_json_lines
 from .tables import COLUMN_ARGS, convert_auto, load_table
+
 
 PathLike = Union[str, Path]
 
@@ -45,7 +47,7 @@ def svamp_answer(label: str) -> str:
 
 def read_svamp(
     split: str = "test", path: Optional[PathLike] = None, data_dir: Optional[PathLike] = None, limit: Optional[int] = None
-) -> List[Dict[str, str]]:
+) -> list[dict[str, str]]:
     """The first ``limit`` SVAMP gold rows as ``{"question", "answer", "equation"}`` (no teacher rationales needed).
 
     ``path``: a SVAMP folder holding ``svamp_{split}.json``; else the data folder's (``data_dir`` / ``$SLOWED_DATA_DIR``).
@@ -60,7 +62,7 @@ def read_svamp(
     ]
 
 
-def parse_teacher_output(output: str, marker: str) -> Optional[Tuple[str, str]]:
+def parse_teacher_output(output: str, marker: str) -> Optional[tuple[str, str]]:
     """``(rationale, teacher_label)`` from a raw PaLM completion, or ``None`` when it has no answer sentence.
 
     The completion is cut before the next few-shot ``Q:`` and split at the last ``marker``
@@ -74,19 +76,19 @@ def parse_teacher_output(output: str, marker: str) -> Optional[Tuple[str, str]]:
     return rationale, label.strip()
 
 
-def _load_teacher_outputs(folder: Path, split: str) -> List[str]:
+def _load_teacher_outputs(folder: Path, split: str) -> list[str]:
     """All ``llm/{split}_CoT_{i}.json`` chunks of a distilling-step-by-step folder, concatenated in ``i`` order."""
     files = sorted((folder / "llm").glob(f"{split}_CoT_*.json"), key=lambda f: int(f.stem.rsplit("_", 1)[-1]))
     if not files:
         raise FileNotFoundError(f"No teacher rationales {folder / 'llm'}/{split}_CoT_*.json")
-    outputs: List[str] = []
+    outputs: list[str] = []
     for file in files:
         with open(file, encoding="utf-8") as handle:
             outputs.extend(json.load(handle))
     return outputs
 
 
-def _load_distill(folder: Path, name: str, split: str) -> Tuple[List[dict], List[str]]:
+def _load_distill(folder: Path, name: str, split: str) -> tuple[list[dict], list[str]]:
     """The gold rows of ``{name}_{split}.json`` and the teacher outputs aligned with them."""
     gold = read_json_lines(folder / f"{name}_{split}.json")
     outputs = _load_teacher_outputs(folder, split)
@@ -138,7 +140,7 @@ def load_svamp(
     return rows_to_dataset(rows, f"SVAMP {split} set")
 
 
-def cqa_question(question: str, choices: List[str]) -> str:
+def cqa_question(question: str, choices: list[str]) -> str:
     """A CommonsenseQA question with its choices, in the teacher's layout (``Answer Choices:`` then ``(a) ...``)."""
     lines = [question.strip(), "Answer Choices:"]
     lines += [f"({_CHOICE_LETTERS[i]}) {choice}" for i, choice in enumerate(choices)]
@@ -181,7 +183,7 @@ def load_cqa(
 
 # ------------------------------------------------------------------------------------------------------ dispatcher
 
-_FILE_LOADERS: Dict[str, Callable[..., Dataset]] = {
+_FILE_LOADERS: dict[str, Callable[..., Dataset]] = {
     "gsm8k": load_gsm8k,
     "svamp": load_svamp,
     "cqa": load_cqa,

@@ -13,6 +13,7 @@ from .formats import from_columns, from_question_rationale_answer
 from .gsm8k import gsm8k_to_prompt_completion
 from .readers import read_table_file
 
+
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 COLUMN_ARGS = ("prompt_column", "completion_column", "question_column", "rationale_column", "answer_column")
 BUILTIN_SOURCES = ("gsm8k", "svamp", "cqa", "bbh", "demo", "columns")

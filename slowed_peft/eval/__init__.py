@@ -39,6 +39,7 @@ from .tasks import (
     load_task,
 )
 
+
 __all__ = [
     "AGIEVAL_TASKS",
     "BBH_TASKS",

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from ..data.answers import (
     eval_arithmetic,
@@ -19,6 +20,7 @@ from ..data.answers import (
     normalize_dashes,
     truncate_at_new_question,
 )
+
 
 __all__ = [
     "BBH_FORMATS",

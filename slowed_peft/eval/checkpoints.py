@@ -10,7 +10,8 @@ same for every arm — no entropy masking), and the weight drift ``max ‖W − 
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 import torch
 from transformers import TrainerCallback
@@ -18,6 +19,7 @@ from transformers import TrainerCallback
 from .generation import eval_mode, logits_from, model_device, pad_token_id
 from .reasoning import evaluate_reasoning
 from .safety import harmful_kl, refusal_ratio
+
 
 __all__ = ["CheckpointEvalCallback", "CheckpointEvaluator", "completion_nll"]
 

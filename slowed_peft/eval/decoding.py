@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import DynamicCache, GenerationConfig
+
 
 __all__ = ["common_prefix_length", "forward_parameters", "greedy_decode_pruned", "prefix_pad",
            "supports_pruned_decoding"]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -17,6 +18,7 @@ from .decoding import (
     prefix_pad,
     supports_pruned_decoding,
 )
+
 
 __all__ = ["format_prompts", "generate_batched", "generate_ids", "has_chat_template", "logits_from", "model_device"]
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 from ..data.readers import data_root
+
 
 __all__ = ["BENIGN_PROMPTS", "HARMFUL_PROBES", "load_advbench", "split_advbench"]
 

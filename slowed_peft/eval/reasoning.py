@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from .answers import (
     bbh_match,
@@ -16,6 +17,7 @@ from .answers import (
 )
 from .generation import generate_batched
 from .tasks import DEFAULT_TASKS, ReasoningExample, expand_tasks, load_task
+
 
 __all__ = ["evaluate_reasoning", "score_example", "score_outputs"]
 

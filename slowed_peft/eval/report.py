@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Optional, Union
+
 
 __all__ = ["EvalReport", "compare_table", "format_value"]
 
@@ -70,7 +72,7 @@ class EvalReport:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EvalReport":
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalReport:
         """Inverse of :meth:`to_dict`."""
         return cls(
             data["model"], data.get("adapter"), dict(data.get("safety") or {}), dict(data.get("reasoning") or {})
@@ -88,7 +90,7 @@ class EvalReport:
         return path
 
     @classmethod
-    def load(cls, path: Union[str, Path]) -> "EvalReport":
+    def load(cls, path: Union[str, Path]) -> EvalReport:
         """Read a report written by :meth:`save`."""
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 

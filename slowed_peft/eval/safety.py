@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, ContextManager, Mapping, MutableMapping, Optional, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,7 @@ from .generation import (
 )
 from .generation import pad_token_id as _pad_token_id
 from .probes import HARMFUL_PROBES
+
 
 __all__ = [
     "GCG_REFUSAL_PREFIXES",
@@ -94,7 +97,7 @@ def refusal_ratio(
     return {"refusal_ratio": sum(flags) / len(flags) if flags else 0.0, "n": len(flags), "responses": list(responses)}
 
 
-def _initial_context(model, initial_model) -> tuple[Any, ContextManager]:
+def _initial_context(model, initial_model) -> tuple[Any, AbstractContextManager]:
     """``(initial model, context in which it is active)``; a PeftModel's base via ``disable_adapter``."""
     if initial_model is not None:
         return initial_model, contextlib.nullcontext()

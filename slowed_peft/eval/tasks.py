@@ -8,14 +8,16 @@ same names in :mod:`slowed_peft.data` turn the same rows into prompt-completion 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from ..data.bbh import read_bbh_examples, read_bbh_prompt
 from ..data.gsm8k import read_gsm8k
 from ..data.readers import read_agieval, read_arc
 from ..data.sources import read_svamp
+
 
 __all__ = [
     "AGIEVAL_TASKS",
@@ -88,7 +90,7 @@ class ReasoningExample:
             self.answer = bare
 
     @classmethod
-    def coerce(cls, item: Union["ReasoningExample", Mapping[str, Any]]) -> "ReasoningExample":
+    def coerce(cls, item: Union[ReasoningExample, Mapping[str, Any]]) -> ReasoningExample:
         """Build from a mapping with ``prompt``, ``answer``, ``kind`` (optional ``labels``, ``choices``, ``meta``)."""
         if isinstance(item, cls):
             return item

@@ -8,6 +8,7 @@ from .entropy import fused_entropy_head, model_token_entropy, token_entropy
 from .selection import low_entropy_mask
 from .trainer import SLowEDTrainer
 
+
 __all__ = [
     "ENTROPY_COLUMN",
     "EntropyMaskingCollator",

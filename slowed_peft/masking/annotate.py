@@ -14,6 +14,7 @@ from transformers.utils import logging
 
 from .entropy import model_token_entropy
 
+
 logger = logging.get_logger(__name__)
 
 ENTROPY_COLUMN = "token_entropy"

@@ -20,6 +20,7 @@ from transformers.utils import logging
 
 from .annotate import ENTROPY_COLUMN, annotate_entropy
 
+
 logger = logging.get_logger(__name__)
 
 PreparedData = Union[None, Dataset, dict[str, Dataset]]

@@ -10,6 +10,7 @@ from transformers.utils import logging
 from ..tuner.drift import weight_drift
 from ..tuner.layer import SLowEDLayer
 
+
 logger = logging.get_logger(__name__)
 
 LOGGED_DRIFT = ("slowed/drift_max", "slowed/drift_mean")  # of WeightDrift.as_metrics(); the row max is not logged

@@ -9,6 +9,7 @@ from trl import SFTConfig
 
 from .selection import validate_masking_args
 
+
 ENTROPY_SOURCES = ("live", "initial")
 
 

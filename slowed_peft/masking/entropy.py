@@ -7,10 +7,12 @@ Alignment convention used everywhere: ``entropy[t]`` is the entropy of the distr
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Optional
 
 import torch
 from torch import nn
+
 
 # Elements per float32 working chunk (64 MiB): bounds memory whatever the batch, sequence or vocabulary size.
 DEFAULT_CHUNK_ELEMENTS = 1 << 24

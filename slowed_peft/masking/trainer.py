@@ -14,6 +14,7 @@ from .collator import EntropyMaskingCollator, MaskingStats
 from .config import SLowEDSFTConfig
 from .selection import low_entropy_mask
 
+
 # The TRL release whose `SFTTrainer.compute_loss` the live loss and `_log_trl_metrics` mirror; tests/test_trl_mirror.py
 # fails when the installed TRL's mirrored lines differ from that release's.
 TRL_MIRRORED_VERSION = "1.16.0"

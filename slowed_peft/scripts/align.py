@@ -13,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from transformers.utils import logging
+
 
 logger = logging.get_logger(__name__)
 

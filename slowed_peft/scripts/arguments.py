@@ -16,8 +16,9 @@ The first four train the same dense delta on the same layers, so they are compar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 from peft import PeftConfig
 from transformers.utils import logging
@@ -25,6 +26,7 @@ from trl import ScriptArguments
 
 from ..masking.config import SLowEDSFTConfig
 from ..tuner.config import SLowEDConfig
+
 
 logger = logging.get_logger(__name__)
 

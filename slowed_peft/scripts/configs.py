@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import importlib.resources
 import os
-from typing import Iterable, Optional
+from collections.abc import Iterable
+from typing import Optional
 
 from trl import TrlParser
+
 
 __all__ = ["SLowEDParser", "config_help", "resolve_config", "shipped_configs"]
 

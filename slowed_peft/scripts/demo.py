@@ -11,8 +11,9 @@ import argparse
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from transformers.utils import logging
 
@@ -22,6 +23,7 @@ from .configs import config_help
 from .evaluate import EvalArguments, evaluate_model
 from .sft import main as train_main
 from .sft import make_parser
+
 
 logger = logging.get_logger(__name__)
 

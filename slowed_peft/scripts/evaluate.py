@@ -8,8 +8,9 @@ Prints a one-screen table and writes ``{"model", "adapter", "safety", "reasoning
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 from transformers.utils import logging
 
@@ -25,6 +26,7 @@ from ..eval import (
 )
 from ..eval.answers import parse_number
 from .configs import SLowEDParser
+
 
 logger = logging.get_logger(__name__)
 

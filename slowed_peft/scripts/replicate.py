@@ -16,13 +16,15 @@ from __future__ import annotations
 import gc
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from transformers.utils import logging
 
 from .align import AlignArguments, align_student, format_report, held_out_sets
+
 
 logger = logging.get_logger(__name__)
 
@@ -170,8 +172,8 @@ def train_run(args: ReplicateArguments, student: str, settings: dict, evaluator,
     """Train one arm / variant with checkpoint evaluation; returns ``(trainer, run record)``."""
     import torch
 
-    from ..eval.checkpoints import CheckpointEvalCallback
     from ..base_models import load_model
+    from ..eval.checkpoints import CheckpointEvalCallback
     from .arguments import SLowEDArguments
     from .training import train_arm
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 from ..eval.report import format_value
+
 
 __all__ = ["arms_table", "steps_table", "sweep_table", "write_report"]
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from transformers.utils import logging
 from trl import ModelConfig
@@ -27,6 +28,7 @@ from ..masking.trainer import SLowEDTrainer
 from .arguments import ARMS, SLowEDArguments, SLowEDScriptArguments
 from .configs import SLowEDParser
 from .training import train_arm
+
 
 logger = logging.get_logger(__name__)
 
@@ -70,9 +72,9 @@ def main(
     slowed_args: SLowEDArguments,
 ) -> SLowEDTrainer:
     """Train one arm and save it; returns the trainer (its ``state.log_history`` holds loss, drift, masked fraction)."""
+    from ..base_models import hub_id_for, load_model
     from ..eval.plots import plot_training
     from ..hub import push_adapter
-    from ..base_models import hub_id_for, load_model
 
     push, hub_id = training_args.push_to_hub, training_args.hub_model_id
     training_args.push_to_hub = False  # pushed once at the end with our model card (TRL's card drops library_name)

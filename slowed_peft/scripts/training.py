@@ -11,6 +11,7 @@ from ..masking.config import SLowEDSFTConfig
 from ..masking.trainer import SLowEDTrainer
 from .arguments import SLowEDArguments, apply_arm_to_training_args, peft_config_for_arm
 
+
 __all__ = ["study_training_args", "train_arm"]
 
 

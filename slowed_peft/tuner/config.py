@@ -10,6 +10,7 @@ from peft.config import PeftConfig
 
 from .registration import PEFT_TYPE_NAME, ensure_peft_type
 
+
 DRIFT_GRANULARITIES = ("matrix", "row")
 
 

@@ -11,6 +11,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 import torch.nn.functional as F
 
+
 # Squared norms are floored so that rsqrt/min never produce NaN or inf at D = 0 (the initial state).
 SQ_NORM_FLOOR = 1e-24
 

@@ -24,6 +24,7 @@ from .functional import (
     trust_region_scale,
 )
 
+
 SUPPORTED_LAYER_TYPES = (nn.Linear, Conv1D)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from peft.utils.peft_types import PeftType
 
+
 PEFT_TYPE_NAME = "SLOWED"
 PREFIX = "slowed_"
 

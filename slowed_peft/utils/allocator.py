@@ -18,6 +18,7 @@ from typing import Optional
 
 from transformers.utils import logging
 
+
 logger = logging.get_logger(__name__)
 
 __all__ = ["keep_freed_memory"]

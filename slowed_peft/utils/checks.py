@@ -6,6 +6,7 @@ import json
 import os
 import struct
 
+
 SAFETENSORS_NAME = "adapter_model.safetensors"
 
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+
 ENV_VAR = "SLOWED_DATA_DIR"
 
 
