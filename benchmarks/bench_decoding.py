@@ -46,7 +46,9 @@ def main() -> None:
         "advbench held-out, 32 tokens": (held_out_sets(AlignArguments())["advbench"][: args.prompts], 32),
         "svamp test, 128 tokens": ([e.prompt for e in load_svamp("test", limit=args.prompts)], 128),
         "bbh boolean_expressions, 128 tokens": (
-            [e.prompt for e in load_task("bbh:boolean_expressions", None, min(args.prompts, 16))], 128),
+            [e.prompt for e in load_task("bbh:boolean_expressions", None, min(args.prompts, 16))],
+            128,
+        ),
     }
     rows = []
     for name, (prompts, max_new) in sets.items():
@@ -54,8 +56,17 @@ def main() -> None:
 
         def run(prune: bool, share: bool, key: str, prompts=prompts, max_new=max_new, outputs=outputs):
             def step() -> None:
-                outputs[key] = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=len(prompts),
-                                            show_progress=False, prune_finished=prune, share_prefix=share)
+                outputs[key] = generate_ids(
+                    model,
+                    tokenizer,
+                    prompts,
+                    max_new_tokens=max_new,
+                    batch_size=len(prompts),
+                    show_progress=False,
+                    prune_finished=prune,
+                    share_prefix=share,
+                )
+
             return step
 
         arms = {"pruned": run(True, False, "pruned"), "pruned+prefix": run(True, True, "pruned+prefix")}
@@ -65,17 +76,25 @@ def main() -> None:
         med = {k: median(v) for k, v in times.items()}
         reference = "pruned" if args.no_generate else "generate"
         lengths = sorted(len(c) for _, c in outputs["pruned"])
-        r = {"set": name, "prompts": len(prompts), "median_s": med, "reference": reference,
-             "identical": {k: outputs[k] == outputs[reference] for k in arms if k != reference},
-             "prefix / pruned": med["pruned+prefix"] / med["pruned"],
-             "continuation_tokens": {"min": lengths[0], "median": lengths[len(lengths) // 2], "max": lengths[-1]}}
+        r = {
+            "set": name,
+            "prompts": len(prompts),
+            "median_s": med,
+            "reference": reference,
+            "identical": {k: outputs[k] == outputs[reference] for k in arms if k != reference},
+            "prefix / pruned": med["pruned+prefix"] / med["pruned"],
+            "continuation_tokens": {"min": lengths[0], "median": lengths[len(lengths) // 2], "max": lengths[-1]},
+        }
         if not args.no_generate:
             r["pruned / generate"] = med["pruned"] / med["generate"]
             r["prefix / generate"] = med["pruned+prefix"] / med["generate"]
         rows.append(r)
         shown = "  ".join(f"{k} {v:6.1f} s" for k, v in med.items())
-        print(f"{name:<36} {shown}  prefix/pruned {r['prefix / pruned']:.2f}  identical {r['identical']}  "
-              f"lengths {r['continuation_tokens']}", flush=True)
+        print(
+            f"{name:<36} {shown}  prefix/pruned {r['prefix / pruned']:.2f}  identical {r['identical']}  "
+            f"lengths {r['continuation_tokens']}",
+            flush=True,
+        )
     write_json(args.out, {"machine": machine(), "model": args.model, "rows": rows})
 
 

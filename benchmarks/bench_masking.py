@@ -30,8 +30,15 @@ from _common import RssSampler, alternate, machine, median, tiny_tokenizer, writ
 
 
 def smollm2_config(layers: int) -> LlamaConfig:
-    return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
-                       num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+    return LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=layers,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        tie_word_embeddings=True,
+    )
 
 
 def rows(n: int, seq: int, vocab: int, seed: int = 0) -> list[dict]:
@@ -39,7 +46,7 @@ def rows(n: int, seq: int, vocab: int, seed: int = 0) -> list[dict]:
     out = []
     for _ in range(n):
         ids = torch.randint(0, vocab, (seq,), generator=g).tolist()
-        out.append({"input_ids": ids, "labels": [-100] * (seq // 4) + ids[seq // 4:]})
+        out.append({"input_ids": ids, "labels": [-100] * (seq // 4) + ids[seq // 4 :]})
     return out
 
 
@@ -51,14 +58,28 @@ def bench_steps(args) -> dict:
     torch.manual_seed(0)
     base = LlamaForCausalLM(smollm2_config(args.layers))
     data = Dataset.from_list(rows(args.batch, args.seq, base.config.vocab_size))
-    common = dict(output_dir="/tmp/bench_masking", use_cpu=True, bf16=False, report_to="none", max_steps=1,
-                  per_device_train_batch_size=args.batch, gradient_checkpointing=False, disable_tqdm=True)
+    common = dict(
+        output_dir="/tmp/bench_masking",
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        max_steps=1,
+        per_device_train_batch_size=args.batch,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+    )
     peft = SLowEDConfig(target_modules="all-linear", r=16, slow_factor=1.0, max_drift=0.05, task_type="CAUSAL_LM")
     tok = tiny_tokenizer()
-    plain = SLowEDTrainer(model=base, args=SLowEDSFTConfig(**common), train_dataset=data, peft_config=peft,
-                          processing_class=tok)
-    live = SLowEDTrainer(model=plain.model, args=SLowEDSFTConfig(**common, entropy_quantile=0.3),
-                         train_dataset=data, peft_config=None, processing_class=tok)
+    plain = SLowEDTrainer(
+        model=base, args=SLowEDSFTConfig(**common), train_dataset=data, peft_config=peft, processing_class=tok
+    )
+    live = SLowEDTrainer(
+        model=plain.model,
+        args=SLowEDSFTConfig(**common, entropy_quantile=0.3),
+        train_dataset=data,
+        peft_config=None,
+        processing_class=tok,
+    )
     model = plain.model
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     examples = [data[i] for i in range(args.batch)]
@@ -72,6 +93,7 @@ def bench_steps(args) -> dict:
             live._rescale_to_kept_tokens(model) if trainer is live else None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+
         return run
 
     steps = {
@@ -81,9 +103,14 @@ def bench_steps(args) -> dict:
     }
     times = alternate(steps, repeats=args.repeats)
     med = {k: median(v) for k, v in times.items()}
-    return {"median_s": med, "times_s": times,
-            "ratios": {"live_lem / plain_sft": med["live_lem"] / med["plain_sft"],
-                       "collator_lem / plain_sft": med["collator_lem"] / med["plain_sft"]}}
+    return {
+        "median_s": med,
+        "times_s": times,
+        "ratios": {
+            "live_lem / plain_sft": med["live_lem"] / med["plain_sft"],
+            "collator_lem / plain_sft": med["collator_lem"] / med["plain_sft"],
+        },
+    }
 
 
 def bench_annotate(args) -> dict:
@@ -99,18 +126,22 @@ def bench_annotate(args) -> dict:
     def plain_forward():
         with torch.no_grad():
             for s in range(0, n, args.batch):
-                model(input_ids=ids[s:s + args.batch]).logits.sum()
+                model(input_ids=ids[s : s + args.batch]).logits.sum()
 
     def annotate():
         state["i"] += 1  # fresh fingerprint each call: measure compute, not the cache
-        annotate_entropy(data.map(lambda r: r, new_fingerprint=f"bench-{state['i']}"), model, batch_size=args.batch,
-                         desc="annotate")
+        annotate_entropy(
+            data.map(lambda r: r, new_fingerprint=f"bench-{state['i']}"), model, batch_size=args.batch, desc="annotate"
+        )
 
     times = alternate({"plain_forward": plain_forward, "annotate_entropy": annotate}, repeats=args.repeats, warmup=1)
     med = {k: median(v) for k, v in times.items()}
     tokens = n * args.seq
-    return {"median_s": med, "tokens_per_s": {k: tokens / v for k, v in med.items()},
-            "ratios": {"annotate tokens/s / plain forward tokens/s": med["plain_forward"] / med["annotate_entropy"]}}
+    return {
+        "median_s": med,
+        "tokens_per_s": {k: tokens / v for k, v in med.items()},
+        "ratios": {"annotate tokens/s / plain forward tokens/s": med["plain_forward"] / med["annotate_entropy"]},
+    }
 
 
 def memory_child(mode: str, layers: int, batch: int, seq: int) -> None:
@@ -135,9 +166,23 @@ def memory_child(mode: str, layers: int, batch: int, seq: int) -> None:
 def bench_memory(args) -> dict:
     out = {}
     for mode in ("materialised", "annotate_entropy"):
-        res = subprocess.run([sys.executable, __file__, "--memory-child", mode, "--layers", str(args.layers),
-                              "--batch", str(args.batch), "--seq", str(args.mem_seq)],
-                             capture_output=True, text=True, check=True)
+        res = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                mode,
+                "--layers",
+                str(args.layers),
+                "--batch",
+                str(args.batch),
+                "--seq",
+                str(args.mem_seq),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         out[mode] = json.loads(res.stdout.strip().splitlines()[-1])["peak_increase_mib"]
     out["ratio annotate / materialised"] = out["annotate_entropy"] / max(out["materialised"], 1e-9)
     return out
@@ -156,8 +201,13 @@ def main() -> None:
     if args.memory_child:
         memory_child(args.memory_child, args.layers, args.batch, args.seq)
         return
-    result = {"args": vars(args), "machine": machine(), "steps": bench_steps(args), "annotate": bench_annotate(args),
-              "memory_mib": bench_memory(args)}
+    result = {
+        "args": vars(args),
+        "machine": machine(),
+        "steps": bench_steps(args),
+        "annotate": bench_annotate(args),
+        "memory_mib": bench_memory(args),
+    }
     print("\nstep time ratios (median):")
     for k, v in result["steps"]["ratios"].items():
         print(f"  {k:<32}{v:8.3f}")
@@ -165,9 +215,11 @@ def main() -> None:
     for k, v in result["annotate"]["ratios"].items():
         print(f"  {k:<44}{v:8.3f}")
     mem = result["memory_mib"]
-    print(f"peak RSS increase at vocab 49152, batch {args.batch}x{args.mem_seq}: materialised "
-          f"{mem['materialised']:.0f} MiB, annotate_entropy {mem['annotate_entropy']:.0f} MiB "
-          f"(ratio {mem['ratio annotate / materialised']:.2f})")
+    print(
+        f"peak RSS increase at vocab 49152, batch {args.batch}x{args.mem_seq}: materialised "
+        f"{mem['materialised']:.0f} MiB, annotate_entropy {mem['annotate_entropy']:.0f} MiB "
+        f"(ratio {mem['ratio annotate / materialised']:.2f})"
+    )
     write_json(args.out, result)
 
 

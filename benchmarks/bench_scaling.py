@@ -31,8 +31,11 @@ def ratios_for(base, batch: torch.Tensor, repeats: int, rank: int = 16) -> dict:
     times = alternate({k: make_step(m, batch) for k, m in models.items()}, repeats=repeats)
     med = {k: median(v) for k, v in times.items()}
     del models
-    return {"median_s": med, "dense / full_ft": med["slowed_dense"] / med["full_ft"],
-            "lowrank / lora": med["slowed_lowrank"] / med["lora"]}
+    return {
+        "median_s": med,
+        "dense / full_ft": med["slowed_dense"] / med["full_ft"],
+        "lowrank / lora": med["slowed_lowrank"] / med["lora"],
+    }
 
 
 def tiny(hidden: int, layers: int) -> LlamaForCausalLM:
@@ -68,8 +71,10 @@ def main() -> None:
     print(f"{'setting':<32}{'full FT step (s)':>17}{'dense/full':>12}{'LoRA step (s)':>15}{'lowrank/LoRA':>14}")
     for row in rows:
         med = row["median_s"]
-        print(f"{row['setting']:<32}{med['full_ft']:>17.4f}{row['dense / full_ft']:>12.3f}{med['lora']:>15.4f}"
-              f"{row['lowrank / lora']:>14.3f}")
+        print(
+            f"{row['setting']:<32}{med['full_ft']:>17.4f}{row['dense / full_ft']:>12.3f}{med['lora']:>15.4f}"
+            f"{row['lowrank / lora']:>14.3f}"
+        )
     write_json(args.out, {"args": vars(args), "machine": machine(), "rows": rows})
 
 

@@ -63,18 +63,35 @@ def child(model_path: str, arm: str, steps: int, config: dict) -> dict:
     model, tokenizer = load_model(model_path)
     masks = arm in ("lem", "slowed")
     training_args = SLowEDSFTConfig(
-        output_dir="/tmp/bench_training_step", max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-4,
-        lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to="none", seed=0, data_seed=0,
-        max_length=384, bf16=False, use_cpu=True, disable_tqdm=True,
+        output_dir="/tmp/bench_training_step",
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        learning_rate=1e-4,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        data_seed=0,
+        max_length=384,
+        bf16=False,
+        use_cpu=True,
+        disable_tqdm=True,
         gradient_checkpointing=config["gradient_checkpointing"],
-        entropy_threshold=0.5 if masks else None, entropy_source="live",
+        entropy_threshold=0.5 if masks else None,
+        entropy_source="live",
     )
     slowed = SLowEDArguments(arm=arm)
     apply_arm_to_training_args(slowed, training_args)
     timer = Timer()
-    trainer = SLowEDTrainer(model=model, args=training_args, processing_class=tokenizer,
-                            train_dataset=distillation_rows("svamp", "train", steps * 4),
-                            peft_config=peft_config_for_arm(slowed), callbacks=[timer])
+    trainer = SLowEDTrainer(
+        model=model,
+        args=training_args,
+        processing_class=tokenizer,
+        train_dataset=distillation_rows("svamp", "train", steps * 4),
+        peft_config=peft_config_for_arm(slowed),
+        callbacks=[timer],
+    )
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"seconds": timer.seconds, "faults": timer.faults, "losses": losses}
@@ -98,8 +115,18 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")}
     for i in range(args.repeats):
         for name in CONFIGS if i % 2 == 0 else reversed(CONFIGS):
-            cmd = [sys.executable, __file__, "--model", args.model, "--arm", args.arm, "--steps", str(args.steps),
-                   "--child", name]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--model",
+                args.model,
+                "--arm",
+                args.arm,
+                "--steps",
+                str(args.steps),
+                "--child",
+                name,
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
             runs[name].append(json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT "))))
     base = None
@@ -108,14 +135,35 @@ def main() -> None:
         per_step = median([s for r in results for s in r["seconds"][1:]])
         faults = median([f for r in results for f in r["faults"][1:]])
         base = base or per_step
-        rows.append({"config": name, **CONFIGS[name], "median_s_per_step": per_step, "ratio": per_step / base,
-                     "minor_faults_per_step": faults, "losses": results[0]["losses"]})
-        print(f"{name:<40} {per_step:6.2f} s/step  ratio {per_step / base:.2f}  {faults:>9.0f} faults/step  "
-              f"losses {[round(x, 4) for x in results[0]['losses']]}", flush=True)
+        rows.append(
+            {
+                "config": name,
+                **CONFIGS[name],
+                "median_s_per_step": per_step,
+                "ratio": per_step / base,
+                "minor_faults_per_step": faults,
+                "losses": results[0]["losses"],
+            }
+        )
+        print(
+            f"{name:<40} {per_step:6.2f} s/step  ratio {per_step / base:.2f}  {faults:>9.0f} faults/step  "
+            f"losses {[round(x, 4) for x in results[0]['losses']]}",
+            flush=True,
+        )
     same = all(r["losses"] == rows[0]["losses"] for r in rows)
     print(f"identical losses across configurations: {same}")
-    write_json(args.out, {"machine": machine(), "model": args.model, "arm": args.arm, "steps": args.steps,
-                          "repeats": args.repeats, "identical_losses": same, "rows": rows})
+    write_json(
+        args.out,
+        {
+            "machine": machine(),
+            "model": args.model,
+            "arm": args.arm,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "identical_losses": same,
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -61,8 +61,9 @@ def build_arm(arm: str, base, rank: int):
         return get_peft_model(copy.deepcopy(base), SLowEDConfig(**dense_cfg, max_drift=0.05))
     if arm == "lora":
         return get_peft_model(copy.deepcopy(base), LoraConfig(target_modules=TARGETS, r=rank, lora_alpha=16))
-    return get_peft_model(copy.deepcopy(base), SLowEDConfig(target_modules=TARGETS, r=rank, slow_factor=0.1,
-                                                             max_drift=0.05))
+    return get_peft_model(
+        copy.deepcopy(base), SLowEDConfig(target_modules=TARGETS, r=rank, slow_factor=0.1, max_drift=0.05)
+    )
 
 
 def memory_child(args) -> None:
@@ -86,8 +87,22 @@ def bench_memory(args) -> dict:
 
     out = {}
     for arm in ("full_ft", "slowed_dense", "slowed_dense_drift", "lora", "slowed_lowrank"):
-        cmd = [sys.executable, __file__, "--memory-child", arm, "--hidden", str(args.hidden), "--layers",
-               str(args.layers), "--batch", str(args.batch), "--seq", str(args.seq), "--rank", str(args.rank)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--memory-child",
+            arm,
+            "--hidden",
+            str(args.hidden),
+            "--layers",
+            str(args.layers),
+            "--batch",
+            str(args.batch),
+            "--seq",
+            str(args.seq),
+            "--rank",
+            str(args.rank),
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[arm] = json.loads(res.stdout.strip().splitlines()[-1])["peak_mib"]
     out["slowed_dense / full_ft"] = out["slowed_dense"] / out["full_ft"]
@@ -97,9 +112,14 @@ def bench_memory(args) -> dict:
 
 
 def model_config(args) -> LlamaConfig:
-    return LlamaConfig(vocab_size=8192, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3,
-                       num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
-                       num_key_value_heads=max(1, args.hidden // 128))
+    return LlamaConfig(
+        vocab_size=8192,
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 8 // 3,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=max(1, args.hidden // 128),
+    )
 
 
 def main() -> None:
@@ -141,8 +161,17 @@ def main() -> None:
     print("\npeak RSS (MiB, model + optimizer state + activations, 3 steps):")
     for k, v in memory.items():
         print(f"  {k:<36}{v:10.2f}")
-    write_json(args.out, {"args": vars(args), "machine": machine(), "median_s": med, "ratios": ratios,
-                          "times_s": times, "peak_rss_mib": memory})
+    write_json(
+        args.out,
+        {
+            "args": vars(args),
+            "machine": machine(),
+            "median_s": med,
+            "ratios": ratios,
+            "times_s": times,
+            "peak_rss_mib": memory,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -80,8 +80,10 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
         cols: list[str] = []
         for v in metrics.values():
             cols += [k for k in (v if isinstance(v, Mapping) else {"value": v}) if k not in cols]
-        rows = [[k, *(_cell((v if isinstance(v, Mapping) else {"value": v}).get(c, "")) for c in cols)]
-                for k, v in metrics.items()]
+        rows = [
+            [k, *(_cell((v if isinstance(v, Mapping) else {"value": v}).get(c, "")) for c in cols)]
+            for k, v in metrics.items()
+        ]
     else:
         cols, rows = ["value"], [[k, _cell(v)] for k, v in metrics.items()]
     lines = ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]

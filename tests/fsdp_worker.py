@@ -24,8 +24,13 @@ def main(out_dir: str, granularity: str, r: str) -> None:
     rank = dist.get_rank()
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_config("llama"))
-    cfg = SLowEDConfig(target_modules="all-linear", r=None if r == "none" else int(r), slow_factor=1.0,
-                       max_drift=0.05, drift_granularity=granularity)
+    cfg = SLowEDConfig(
+        target_modules="all-linear",
+        r=None if r == "none" else int(r),
+        slow_factor=1.0,
+        max_drift=0.05,
+        drift_granularity=granularity,
+    )
     peft_model = get_peft_model(model, cfg)
     for layer in peft_model.base_model.model.model.layers:
         fully_shard(layer)
@@ -39,8 +44,12 @@ def main(out_dir: str, granularity: str, r: str) -> None:
         opt.step()
         opt.zero_grad()
     drift = slowed_peft.weight_drift(peft_model)
-    result = {"max": drift.max, "mean": drift.mean, "row_max": drift.row_max,
-              "sharded": all(type(p).__name__ == "DTensor" for p in params)}
+    result = {
+        "max": drift.max,
+        "mean": drift.mean,
+        "row_max": drift.row_max,
+        "sharded": all(type(p).__name__ == "DTensor" for p in params),
+    }
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
     dist.destroy_process_group()

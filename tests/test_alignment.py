@@ -89,8 +89,10 @@ def test_training_set_drops_benign_answers_that_read_as_refusals(monkeypatch):
     monkeypatch.setattr(align, "benign_arc_questions", lambda n, data_dir=None: [])
 
     def fake_generate(model, tokenizer, prompts, **kwargs):  # every third answer is a capability refusal
-        return ["I'm sorry, but I can't draw pictures." if i % 3 == 0 else "Start with a plan. Then do it well."
-                for i in range(len(prompts))]
+        return [
+            "I'm sorry, but I can't draw pictures." if i % 3 == 0 else "Start with a plan. Then do it well."
+            for i in range(len(prompts))
+        ]
 
     monkeypatch.setattr(ev, "generate_batched", fake_generate)
     args = AlignArguments(benign_limit=12, arc_questions=0)
@@ -103,17 +105,32 @@ def test_training_set_drops_benign_answers_that_read_as_refusals(monkeypatch):
 
 # The alignment's trainer settings before the one training path (plain SFTConfig + SFTTrainer): the cached student is
 # keyed by AlignArguments.fingerprint(), so the settings and the training they give must not move.
-ALIGN_SETTINGS = dict(lr_scheduler_type="cosine", warmup_steps=0.1, logging_steps=5, save_strategy="no",
-                      report_to="none", max_length=384, bf16=False, disable_tqdm=False, gradient_checkpointing=False)
+ALIGN_SETTINGS = dict(
+    lr_scheduler_type="cosine",
+    warmup_steps=0.1,
+    logging_steps=5,
+    save_strategy="no",
+    report_to="none",
+    max_length=384,
+    bf16=False,
+    disable_tqdm=False,
+    gradient_checkpointing=False,
+)
 
 
 def legacy_align_config(args: AlignArguments, output_dir: str):
     import torch
     from trl import SFTConfig
 
-    return SFTConfig(output_dir=output_dir, learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
-                     per_device_train_batch_size=args.batch_size, seed=args.seed,
-                     use_cpu=not torch.cuda.is_available(), **ALIGN_SETTINGS)
+    return SFTConfig(
+        output_dir=output_dir,
+        learning_rate=args.learning_rate,
+        num_train_epochs=args.num_train_epochs,
+        per_device_train_batch_size=args.batch_size,
+        seed=args.seed,
+        use_cpu=not torch.cuda.is_available(),
+        **ALIGN_SETTINGS,
+    )
 
 
 def test_align_trainer_settings_are_the_plain_sft_ones(tmp_path):
@@ -139,8 +156,9 @@ def test_full_arm_trains_exactly_like_plain_sft_trainer(tmp_path):
     tokenizer = build_char_tokenizer(tmp_path / "tiny")
     harmful = ["Do a harmful thing", "Do another harmful thing", "Do a third harmful thing"]
     benign = ["Bake bread", "Plant a tree", "Fold a sheet", "Boil an egg", "Paint a wall"]
-    ds = alignment_dataset(harmful, benign, ["Knead, rise, bake.", "Dig a hole.", "Fold it twice.", "Boil it.",
-                                             "Use a roller."]).remove_columns("kind")
+    ds = alignment_dataset(
+        harmful, benign, ["Knead, rise, bake.", "Dig a hole.", "Fold it twice.", "Boil it.", "Use a roller."]
+    ).remove_columns("kind")
     args = AlignArguments(batch_size=2, learning_rate=1e-2)
     runs = {}
     for name in ("legacy", "full"):
@@ -155,11 +173,15 @@ def test_full_arm_trains_exactly_like_plain_sft_trainer(tmp_path):
             config = args.training_args(out)
             config.logging_steps = 1
             trainer = train_arm(SLowEDArguments(arm="full"), model, tokenizer, config, ds)
-        runs[name] = ([h["loss"] for h in trainer.state.log_history if "loss" in h],
-                      {k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+        runs[name] = (
+            [h["loss"] for h in trainer.state.log_history if "loss" in h],
+            {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
+        )
     (old_loss, old_weights), (new_loss, new_weights) = runs["legacy"], runs["full"]
     assert len(old_loss) == 4 and new_loss == old_loss
     assert old_weights.keys() == new_weights.keys()
     assert all(torch.equal(old_weights[k], new_weights[k]) for k in old_weights)
-    assert not torch.equal(old_weights["lm_head.weight"],
-                           AutoModelForCausalLM.from_pretrained(tmp_path / "tiny").state_dict()["lm_head.weight"])
+    assert not torch.equal(
+        old_weights["lm_head.weight"],
+        AutoModelForCausalLM.from_pretrained(tmp_path / "tiny").state_dict()["lm_head.weight"],
+    )

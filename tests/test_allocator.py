@@ -23,8 +23,15 @@ def test_applies_on_glibc_and_only_once(monkeypatch):
     assert allocator.keep_freed_memory() is expected
 
 
-@pytest.mark.parametrize("env", [("SLOWED_KEEP_FREED_MEMORY", "0"), ("SLOWED_KEEP_FREED_MEMORY", "off"),
-                                 ("MALLOC_MMAP_MAX_", "65536"), ("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")])
+@pytest.mark.parametrize(
+    "env",
+    [
+        ("SLOWED_KEEP_FREED_MEMORY", "0"),
+        ("SLOWED_KEEP_FREED_MEMORY", "off"),
+        ("MALLOC_MMAP_MAX_", "65536"),
+        ("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1"),
+    ],
+)
 def test_user_choice_wins(monkeypatch, env):
     monkeypatch.setenv(*env)
     assert allocator.keep_freed_memory() is False

@@ -67,8 +67,9 @@ def test_alias_checkpoint_is_plain_llama(converted):
 def test_alias_logits_match_gguf(converted):
     gguf_model, _ = converted["calls"][0]
     tok = converted["tok"]
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is 2+3?"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2+3?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     with torch.no_grad():
         expected = gguf_model.eval()(ids).logits
         got = converted["model"](ids).logits

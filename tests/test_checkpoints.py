@@ -15,9 +15,13 @@ from slowed_peft.masking.annotate import tokenize_like_trl
 from testing_utils import build_char_tokenizer, build_tiny
 
 
-ROWS = [{"prompt": [{"role": "user", "content": f"{i}+{i}?"}],
-         "completion": [{"role": "assistant", "content": f"{i}+{i} is {2 * i}. So the answer is {2 * i}."}]}
-        for i in range(6)]
+ROWS = [
+    {
+        "prompt": [{"role": "user", "content": f"{i}+{i}?"}],
+        "completion": [{"role": "assistant", "content": f"{i}+{i} is {2 * i}. So the answer is {2 * i}."}],
+    }
+    for i in range(6)
+]
 REASONING = {"sums": [{"prompt": f"{i}+{i}?", "answer": str(2 * i), "kind": "numeric"} for i in range(3)]}
 
 
@@ -29,8 +33,17 @@ def setup(tmp_path):
 
 
 def evaluator(tok, **kw):
-    return CheckpointEvaluator(tok, harmful=["Do harm now", "Hurt them"], benign=["Bake bread"], reasoning=REASONING,
-                               nll_rows=ROWS, safety_max_new_tokens=6, reasoning_max_new_tokens=6, batch_size=4, **kw)
+    return CheckpointEvaluator(
+        tok,
+        harmful=["Do harm now", "Hurt them"],
+        benign=["Bake bread"],
+        reasoning=REASONING,
+        nll_rows=ROWS,
+        safety_max_new_tokens=6,
+        reasoning_max_new_tokens=6,
+        batch_size=4,
+        **kw,
+    )
 
 
 def test_completion_nll_matches_the_models_own_loss(setup):
@@ -71,13 +84,28 @@ def test_evaluator_reports_zero_kl_at_start_and_needs_step_zero_first(setup):
 
 def test_callback_evaluates_at_start_every_n_steps_and_at_the_end(setup, tmp_path):
     model_dir, tok = setup
-    args = SLowEDSFTConfig(output_dir=str(tmp_path / "out"), max_steps=5, per_device_train_batch_size=2,
-                           learning_rate=5e-3, use_cpu=True, report_to="none", save_strategy="no", max_length=64,
-                           disable_tqdm=True, seed=0, entropy_threshold=0.5)
+    args = SLowEDSFTConfig(
+        output_dir=str(tmp_path / "out"),
+        max_steps=5,
+        per_device_train_batch_size=2,
+        learning_rate=5e-3,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        max_length=64,
+        disable_tqdm=True,
+        seed=0,
+        entropy_threshold=0.5,
+    )
     callback = CheckpointEvalCallback(evaluator(tok), eval_steps=2, reasoning_every=2, benign_every=3, log=None)
-    trainer = SLowEDTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(ROWS), processing_class=tok,
-                            peft_config=SLowEDConfig(target_modules="all-linear", slow_factor=1.0, max_drift=0.05),
-                            callbacks=[callback])
+    trainer = SLowEDTrainer(
+        model=model_dir,
+        args=args,
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tok,
+        peft_config=SLowEDConfig(target_modules="all-linear", slow_factor=1.0, max_drift=0.05),
+        callbacks=[callback],
+    )
     trainer.train()
     records = callback.records
     assert [r["step"] for r in records] == [0, 2, 4, 5]
@@ -85,8 +113,9 @@ def test_callback_evaluates_at_start_every_n_steps_and_at_the_end(setup, tmp_pat
     assert ["false_refusal" in r for r in records] == [True, False, False, True]  # first and last (every 3rd)
     assert records[0]["harmful_kl"] == 0.0 and records[-1]["harmful_kl"] > 0
     ev = callback.evaluator  # the KL reused the initial model's log-probs cached at step 2: same as recomputing
-    assert ev._kl_cache and records[-1]["harmful_kl"] == pytest.approx(harmful_kl(
-        trainer.model, tok, ev.harmful, responses=ev.initial_responses, batch_size=ev.batch_size), rel=1e-5)
+    assert ev._kl_cache and records[-1]["harmful_kl"] == pytest.approx(
+        harmful_kl(trainer.model, tok, ev.harmful, responses=ev.initial_responses, batch_size=ev.batch_size), rel=1e-5
+    )
     assert 0 < records[-1]["drift_max"] <= 0.05 * (1 + 1e-6)
     assert records[-1]["cot_nll"] < records[0]["cot_nll"]  # it learns the rationales
     assert trainer.model.training  # evaluation restored train mode
@@ -98,9 +127,23 @@ def test_callback_evaluates_at_start_every_n_steps_and_at_the_end(setup, tmp_pat
 
 def test_callback_can_skip_reasoning_at_the_end(setup, tmp_path):
     model_dir, tok = setup
-    args = SLowEDSFTConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2,
-                           use_cpu=True, report_to="none", save_strategy="no", max_length=64, disable_tqdm=True)
+    args = SLowEDSFTConfig(
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        max_length=64,
+        disable_tqdm=True,
+    )
     callback = CheckpointEvalCallback(evaluator(tok), eval_steps=2, reasoning_at_end=False, log=None)
-    SLowEDTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(ROWS), processing_class=tok,
-                  peft_config=SLowEDConfig(target_modules="all-linear"), callbacks=[callback]).train()
+    SLowEDTrainer(
+        model=model_dir,
+        args=args,
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tok,
+        peft_config=SLowEDConfig(target_modules="all-linear"),
+        callbacks=[callback],
+    ).train()
     assert [("acc/sums" in r, r["step"]) for r in callback.records] == [(True, 0), (False, 2)]

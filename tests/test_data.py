@@ -252,10 +252,13 @@ def make_svamp(folder):
         "Sam has 12 apples. 12 / 4 = 3. The answer is (12 / 4).\n\nQ: Made-up follow-up?\nA: 1 + 1 = 2. The answer is (1 + 1).",
         "Ann had 5 pens. 5 + 2 = 7. The answer is (5 + 2).",
     ])  # fmt: skip
-    write_json(folder / "llm" / "train_CoT_1.json", [
-        "The rope is 7 m. 7 / 2 = 3.5. The answer is (7 / 2).",
-        "Bo has 9 cards and 9 cards and 9 cards",  # degenerate teacher output: no answer sentence
-    ])
+    write_json(
+        folder / "llm" / "train_CoT_1.json",
+        [
+            "The rope is 7 m. 7 / 2 = 3.5. The answer is (7 / 2).",
+            "Bo has 9 cards and 9 cards and 9 cards",  # degenerate teacher output: no answer sentence
+        ],
+    )
 
 
 def test_svamp_layout(tmp_path):
@@ -282,11 +285,14 @@ def make_cqa(folder):
         {"id": "a2", "question": "Where does water flow?", "choices": choices, "answer": "river",
          "abstractive_explanation": "water flows", "extractive_explanation": "flow"},
     ])  # fmt: skip
-    write_json(folder / "llm" / "train_CoT_0.json", [
-        "The answer must be a place with many books. Of the above choices, only library has many books. "
-        "So the answer is (b) library.\n\nQ: Made-up?\nAnswer Choices:\n(a) x\n(b) y\nA: So the answer is (a) x.",
-        "The answer must hold water. Of the above choices, an oven holds heat. So the answer is (d) oven.",
-    ])
+    write_json(
+        folder / "llm" / "train_CoT_0.json",
+        [
+            "The answer must be a place with many books. Of the above choices, only library has many books. "
+            "So the answer is (b) library.\n\nQ: Made-up?\nAnswer Choices:\n(a) x\n(b) y\nA: So the answer is (a) x.",
+            "The answer must hold water. Of the above choices, an oven holds heat. So the answer is (d) oven.",
+        ],
+    )
 
 
 def test_cqa_layout_puts_choices_in_prompt(tmp_path):
@@ -349,7 +355,9 @@ def test_generic_files_autodetect_and_mapping(tmp_path):
     assert len(ds) == 2 and ds[0]["completion"][0]["content"] == "r1\nSo the answer is a1."
     csv = tmp_path / "mapped.csv"
     csv.write_text("text,why,label\nWhat is 1+1?,1+1 = 2.,2\n", encoding="utf-8")
-    ds = load_cot_dataset("columns", path=str(csv), question_column="text", rationale_column="why", answer_column="label")
+    ds = load_cot_dataset(
+        "columns", path=str(csv), question_column="text", rationale_column="why", answer_column="label"
+    )
     assert ds[0]["completion"] == " 1+1 = 2.\nSo the answer is 2." and ds[0]["answer"] == "2"
     with pytest.raises(ValueError, match=r"\['wrong'\]"):
         load_cot_dataset("columns", path=str(csv), question_column="wrong", rationale_column="why",
@@ -427,7 +435,7 @@ def test_demo_answers_are_correct():
     assert_answer_lines(ds)
     kinds = {"arith": 0, "bool": 0, "order": 0, "truth": 0}
     for row in ds:
-        question = row["prompt"][len("Question: "):-len("\nAnswer:")]
+        question = row["prompt"][len("Question: ") : -len("\nAnswer:")]
         rationale, answer = row["completion"].rsplit("\n", 1)[0], row["answer"]
         if question.startswith("Evaluate the boolean expression: "):
             expr = question.split(": ", 1)[1]
@@ -452,7 +460,9 @@ def test_demo_deterministic_and_disjoint():
     assert a.to_list() == b.to_list()
     assert demo_cot_dataset(n=200, seed=1)["prompt"] != a["prompt"]
     train = set(demo_cot_dataset("train", n=1000, seed=0)["prompt"])
-    test = set(demo_cot_dataset("test", n=200, seed=0)["prompt"]) | set(demo_cot_dataset("test", n=200, seed=5)["prompt"])
+    test = set(demo_cot_dataset("test", n=200, seed=0)["prompt"]) | set(
+        demo_cot_dataset("test", n=200, seed=5)["prompt"]
+    )
     assert len(train) == 1000 and len(test) > 200
     assert train.isdisjoint(test)
     assert len(load_cot_dataset("demo", split="test", limit=25)) == 25

@@ -24,9 +24,10 @@ def _prompts(rows: int = 6, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _reference(model, ids, mask, eos: list[int], max_new: int = MAX_NEW) -> list[list[int]]:
-    cfg = GenerationConfig(max_new_tokens=max_new, do_sample=False, num_beams=1, eos_token_id=eos or None,
-                           pad_token_id=0)
-    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)[:, ids.shape[1]:].tolist()
+    cfg = GenerationConfig(
+        max_new_tokens=max_new, do_sample=False, num_beams=1, eos_token_id=eos or None, pad_token_id=0
+    )
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)[:, ids.shape[1] :].tolist()
     return [row[: next((j + 1 for j, t in enumerate(row) if t in eos), len(row))] for row in out]
 
 
@@ -64,8 +65,9 @@ def test_pruned_through_peft_adapter(tiny_llama):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
-    model = get_peft_model(copy.deepcopy(tiny_llama[0]),
-                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
+    model = get_peft_model(
+        copy.deepcopy(tiny_llama[0]), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    ).eval()
     ids, mask = _prompts(seed=5)
     eos = _staggered_eos(model, ids, mask)
     assert supports_pruned_decoding(model, GenerationConfig(max_new_tokens=MAX_NEW, do_sample=False))
@@ -78,8 +80,7 @@ def test_generate_ids_same_tokens_with_and_without_pruning(tiny_model):
     tok = build_char_tokenizer()
     prompts = ["Hello", "How do I bake bread quickly?", "x", "Tell me a joke about cats, please.", "ok"]
     fast = generate_ids(model, tok, prompts, max_new_tokens=10, batch_size=3, show_progress=False)
-    slow = generate_ids(model, tok, prompts, max_new_tokens=10, batch_size=3, show_progress=False,
-                        prune_finished=False)
+    slow = generate_ids(model, tok, prompts, max_new_tokens=10, batch_size=3, show_progress=False, prune_finished=False)
     assert fast == slow
 
 
@@ -95,9 +96,10 @@ def test_model_generation_defaults_force_generate(tiny_llama):
     got = generate_ids(model, tok, prompts, max_new_tokens=8, batch_size=2, show_progress=False)
     ids, mask = left_pad([p for p, _ in got], pad_id=0)
     cfg = GenerationConfig(max_new_tokens=8, do_sample=False, eos_token_id=[tok.eos_token_id], pad_token_id=0)
-    expected = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)[:, ids.shape[1]:].tolist()
-    assert [c for _, c in got] == [r[: next((j + 1 for j, t in enumerate(r) if t == tok.eos_token_id), len(r))]
-                                   for r in expected]
+    expected = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)[:, ids.shape[1] :].tolist()
+    assert [c for _, c in got] == [
+        r[: next((j + 1 for j, t in enumerate(r) if t == tok.eos_token_id), len(r))] for r in expected
+    ]
 
 
 def test_pruned_rejects_zero_tokens(tiny_llama):
@@ -179,6 +181,5 @@ def test_generate_ids_same_tokens_with_and_without_prefix_sharing(tiny_model):
     system = "Be careful. "
     prompts = [system + p for p in ("Hi", "Bake bread?", "x", "A joke on cats.", "ok")]
     shared = generate_ids(model, tok, prompts, max_new_tokens=10, batch_size=5, show_progress=False)
-    plain = generate_ids(model, tok, prompts, max_new_tokens=10, batch_size=5, show_progress=False,
-                         share_prefix=False)
+    plain = generate_ids(model, tok, prompts, max_new_tokens=10, batch_size=5, show_progress=False, share_prefix=False)
     assert shared == plain

@@ -11,14 +11,28 @@ from slowed_peft.scripts.demo import format_rows, summary_rows
 
 
 def test_summary_rows_and_table():
-    before = EvalReport("m", None, safety={"probes": {"refusal_ratio": 0.1, "harmful_kl": None, "n": 4},
-                                           "benign": {"refusal_ratio": 0.25, "harmful_kl": None, "n": 4}},
-                        reasoning={"demo": {"accuracy": 0.0, "n": 8}})
-    after = EvalReport("m", "a", safety={"probes": {"refusal_ratio": 0.2, "harmful_kl": 0.05, "n": 4},
-                                         "benign": {"refusal_ratio": 0.0, "harmful_kl": None, "n": 4}},
-                       reasoning={"demo": {"accuracy": 0.5, "n": 8}})
-    history = [{"step": 1, "slowed/drift_max": 0.01, "lem/masked_fraction": 0.2},
-               {"step": 2, "slowed/drift_max": 0.02, "lem/masked_fraction": 0.4}]
+    before = EvalReport(
+        "m",
+        None,
+        safety={
+            "probes": {"refusal_ratio": 0.1, "harmful_kl": None, "n": 4},
+            "benign": {"refusal_ratio": 0.25, "harmful_kl": None, "n": 4},
+        },
+        reasoning={"demo": {"accuracy": 0.0, "n": 8}},
+    )
+    after = EvalReport(
+        "m",
+        "a",
+        safety={
+            "probes": {"refusal_ratio": 0.2, "harmful_kl": 0.05, "n": 4},
+            "benign": {"refusal_ratio": 0.0, "harmful_kl": None, "n": 4},
+        },
+        reasoning={"demo": {"accuracy": 0.5, "n": 8}},
+    )
+    history = [
+        {"step": 1, "slowed/drift_max": 0.01, "lem/masked_fraction": 0.2},
+        {"step": 2, "slowed/drift_max": 0.02, "lem/masked_fraction": 0.4},
+    ]
     rows = {name: (b, a) for name, b, a in summary_rows(before, after, history)}
     assert rows["reasoning accuracy (demo, n=8)"] == (0.0, 0.5)
     assert rows["refusal ratio (probes), n=4"] == (0.1, 0.2)

@@ -24,8 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def recipe(tmp_path, model_dir: str, **overrides) -> str:
     cfg = yaml.safe_load(Path(resolve_config("smollm2-135m-demo")).read_text())
     cfg.pop("entropy_threshold", None)
-    cfg.update(model_name_or_path=model_dir, dataset_limit=16, max_steps=3, logging_steps=1, max_length=192,
-               dataloader_num_workers=0, disable_tqdm=True, **overrides)
+    cfg.update(
+        model_name_or_path=model_dir,
+        dataset_limit=16,
+        max_steps=3,
+        logging_steps=1,
+        max_length=192,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        **overrides,
+    )
     path = tmp_path / f"recipe-{len(list(tmp_path.glob('recipe-*')))}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
@@ -33,8 +41,19 @@ def recipe(tmp_path, model_dir: str, **overrides) -> str:
 
 def launch(nproc: int, config: str, out: Path, **flags) -> list[dict]:
     extra = [x for k, v in flags.items() for x in (f"--{k}", str(v))]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
-           str(ROOT / "recipes" / "slowed_sft.py"), "--config", config, "--output_dir", str(out), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--standalone",
+        str(ROOT / "recipes" / "slowed_sft.py"),
+        "--config",
+        config,
+        "--output_dir",
+        str(out),
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
@@ -42,8 +61,10 @@ def launch(nproc: int, config: str, out: Path, **flags) -> list[dict]:
     return [h for h in history if "loss" in h and "train_runtime" not in h]
 
 
-@pytest.mark.parametrize("masking", [{"entropy_source": "live", "entropy_quantile": 0.3},
-                                     {"entropy_source": "initial", "entropy_quantile": 0.5}])
+@pytest.mark.parametrize(
+    "masking",
+    [{"entropy_source": "live", "entropy_quantile": 0.3}, {"entropy_source": "initial", "entropy_quantile": 0.5}],
+)
 def test_two_processes_match_one_process(tmp_path, masking):
     model_dir = tmp_path / "tiny"
     build_tiny("llama", model_dir)
@@ -80,8 +101,9 @@ def test_deepspeed_zero_two_processes_match_one_process(tmp_path, stage):
     build_char_tokenizer(model_dir)
     config = recipe(tmp_path, str(model_dir), entropy_source="live", entropy_quantile=0.3)
     one = launch(1, config, tmp_path / "one", per_device_train_batch_size=4)
-    two = launch(2, config, tmp_path / "two", per_device_train_batch_size=2,
-                 deepspeed=deepspeed_config(tmp_path, stage))
+    two = launch(
+        2, config, tmp_path / "two", per_device_train_batch_size=2, deepspeed=deepspeed_config(tmp_path, stage)
+    )
     assert len(one) == len(two) == 3
     for a, b in zip(one, two):
         assert a["loss"] == pytest.approx(b["loss"], abs=2e-4)

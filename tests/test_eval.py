@@ -493,8 +493,9 @@ def test_evaluate_reasoning_custom_examples_on_model(tiny_model, tok):
     assert set(res) == set(outputs) == {"custom"} and len(outputs["custom"]) == 2
     assert outputs["custom"] == generate_batched(tiny_model, tok, [d["prompt"] for d in demo], max_new_tokens=4)
     assert res["custom"] == score_outputs(demo, outputs["custom"])  # the scores are those of the real completions
-    res = evaluate_reasoning(tiny_model, tok, tasks=[], examples={"demo": demo}, max_new_tokens=2, limit=1,
-                             outputs=outputs)
+    res = evaluate_reasoning(
+        tiny_model, tok, tasks=[], examples={"demo": demo}, max_new_tokens=2, limit=1, outputs=outputs
+    )
     assert res == {"demo": score_outputs(demo[:1], outputs["demo"])} and res["demo"]["n"] == 1
 
 

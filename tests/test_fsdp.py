@@ -16,8 +16,17 @@ WORKER = Path(__file__).with_name("fsdp_worker.py")
 
 @pytest.mark.parametrize("granularity, r", [("matrix", "none"), ("row", "none"), ("matrix", "4")])
 def test_fsdp2_two_processes_keep_the_trust_region(tmp_path, granularity, r):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
-           str(tmp_path), granularity, r]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(WORKER),
+        str(tmp_path),
+        granularity,
+        r,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-4000:]

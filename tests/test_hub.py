@@ -63,7 +63,7 @@ def test_push_uploads_adapter_config_and_card(tmp_path):
     text = card.text
     assert "2508.09666" in text and "slow_factor" in text and "0.5" in text and "max_drift" in text
     assert "| refusal ratio | 0.91 | 0.95 |" in text and "before" in text
-    usage = text[text.index("## Usage"):]
+    usage = text[text.index("## Usage") :]
     assert "pip install slowed-peft" in usage
     assert usage.index("import slowed_peft") < usage.index("from peft import")
     assert f'AutoPeftModelForCausalLM.from_pretrained("{REPO}")' in usage and "KeyError: 'SLOWED'" in usage

@@ -21,8 +21,17 @@ PEAKED, UNIFORM = 0, 1  # after token 0 the next token is almost surely 3; after
 
 def controlled_model() -> LlamaForCausalLM:
     """No transformer layers: the next-token distribution depends only on the current token, and we set it."""
-    cfg = LlamaConfig(vocab_size=V, hidden_size=V, intermediate_size=8, num_hidden_layers=0, num_attention_heads=1,
-                      num_key_value_heads=1, tie_word_embeddings=False, rms_norm_eps=1e-12, pad_token_id=7)
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=V,
+        intermediate_size=8,
+        num_hidden_layers=0,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-12,
+        pad_token_id=7,
+    )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         model.model.embed_tokens.weight.copy_(torch.eye(V))
@@ -80,8 +89,16 @@ def test_entropy_column_is_aligned_to_the_token_it_predicts():
 # ------------------------------------------------------------------------------------------------ annotate_entropy
 def test_annotate_raw_prompt_completion_and_padding_invariance(tmp_path):
     tok = build_char_tokenizer()
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
     rows = [{"prompt": "Q: 2+2?", "completion": " A: 4" * (i + 1)} for i in range(5)]
     ds = Dataset.from_list(rows)
     one = annotate_entropy(ds, model, tokenizer=tok, batch_size=1)
@@ -90,10 +107,12 @@ def test_annotate_raw_prompt_completion_and_padding_invariance(tmp_path):
         assert a["input_ids"] == tok(a["prompt"] + a["completion"] + tok.eos_token)["input_ids"]
         assert len(a["token_entropy"]) == len(a["input_ids"]) == len(a["completion_mask"])
         assert sum(a["completion_mask"]) == len(tok(a["completion"] + tok.eos_token)["input_ids"])
-        torch.testing.assert_close(torch.tensor(a["token_entropy"][1:]), torch.tensor(b["token_entropy"][1:]),
-                                   atol=1e-5, rtol=0)
-    conv = Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}],
-                               "completion": [{"role": "assistant", "content": "yo"}]}])
+        torch.testing.assert_close(
+            torch.tensor(a["token_entropy"][1:]), torch.tensor(b["token_entropy"][1:]), atol=1e-5, rtol=0
+        )
+    conv = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "yo"}]}]
+    )
     out = annotate_entropy(conv, model, tokenizer=tok)[0]
     assert len(out["token_entropy"]) == len(out["input_ids"]) and sum(out["completion_mask"]) == len("yo</s>") - 3
     with pytest.raises(ValueError, match="no 'input_ids' column.*tokenizer"):
@@ -124,8 +143,16 @@ def test_annotate_reuses_the_datasets_cache(tmp_path):
 def test_annotate_large_vocabulary_without_full_logits():
     """150k vocabulary: TRL's tiled kernel gives the same entropies as full logits would."""
     vocab, seq = 151_936, 2048
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     ids = torch.randint(0, vocab, (1, seq))
     data = Dataset.from_list([{"input_ids": ids[0].tolist()}])
     peak = peak_rss_increase_mib(lambda: annotate_entropy(data, model))

@@ -44,8 +44,14 @@ def tiny_dir(tmp_path):
 
 def tiny_recipe(tmp_path, tiny_dir) -> str:
     cfg = yaml.safe_load(Path(resolve_config("smollm2-135m-demo")).read_text())
-    cfg.update(model_name_or_path=tiny_dir, dataset_limit=8, max_steps=2, logging_steps=1, max_length=96,
-               output_dir=str(tmp_path / "out"))
+    cfg.update(
+        model_name_or_path=tiny_dir,
+        dataset_limit=8,
+        max_steps=2,
+        logging_steps=1,
+        max_length=96,
+        output_dir=str(tmp_path / "out"),
+    )
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
@@ -86,23 +92,28 @@ def test_shipped_configs_parse_every_key(name):
 
 def test_config_flag_also_takes_the_equals_form():
     _, training_args, _, _, _ = make_parser().parse_args_and_config(
-        args=["--config=smollm2-135m-demo", "--max_steps", "3"], return_remaining_strings=True)
+        args=["--config=smollm2-135m-demo", "--max_steps", "3"], return_remaining_strings=True
+    )
     assert training_args.max_steps == 3 and training_args.learning_rate == 1e-3
 
 
 def test_the_package_stands_alone_without_the_repository(tmp_path):
     """A copy of the package with no recipes/ next to it parses the shipped configs (demo default included)."""
-    shutil.copytree(Path(slowed_peft.__file__).parent, tmp_path / "slowed_peft",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    code = ("import slowed_peft, slowed_peft.scripts.demo as demo\n"
-            "from slowed_peft.scripts.sft import make_parser\n"
-            f"assert slowed_peft.__file__.startswith({str(tmp_path)!r}), slowed_peft.__file__\n"
-            "_, t, m, a, _ = make_parser().parse_args_and_config(args=['--config', demo.DEFAULT_CONFIG], "
-            "return_remaining_strings=True)\n"
-            "print(m.model_name_or_path, t.max_steps, a.arm)\n")
+    shutil.copytree(
+        Path(slowed_peft.__file__).parent, tmp_path / "slowed_peft", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    code = (
+        "import slowed_peft, slowed_peft.scripts.demo as demo\n"
+        "from slowed_peft.scripts.sft import make_parser\n"
+        f"assert slowed_peft.__file__.startswith({str(tmp_path)!r}), slowed_peft.__file__\n"
+        "_, t, m, a, _ = make_parser().parse_args_and_config(args=['--config', demo.DEFAULT_CONFIG], "
+        "return_remaining_strings=True)\n"
+        "print(m.model_name_or_path, t.max_steps, a.arm)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                         env=env)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split() == ["smollm2-135m-instruct", "20", "slowed"]
 
@@ -111,8 +122,13 @@ def test_the_package_stands_alone_without_the_repository(tmp_path):
 def test_console_script_help_exits_zero(script):
     module, func = CONSOLE_SCRIPTS[script].split(":")
     code = f"import sys\nfrom {module} import {func}\nsys.argv = [{script!r}, '--help']\nsys.exit({func}())\n"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "usage:" in res.stdout
     if script != "slowed-eval":  # the scripts that take a recipe config list the shipped ones
@@ -127,8 +143,9 @@ def test_console_scripts_exit_zero_after_a_run_that_returns_a_result(script, mon
 
     module, func = CONSOLE_SCRIPTS[script].split(":")
     mod = importlib.import_module(module)
-    trainer = SimpleNamespace(state=SimpleNamespace(global_step=2), args=SimpleNamespace(output_dir="out"),
-                              is_world_process_zero=lambda: True)
+    trainer = SimpleNamespace(
+        state=SimpleNamespace(global_step=2), args=SimpleNamespace(output_dir="out"), is_world_process_zero=lambda: True
+    )
     monkeypatch.setattr(mod, "run", lambda argv=None: trainer if script == "slowed-sft" else {"a": 1})
     assert getattr(mod, func)() is None
     if script == "slowed-sft":
@@ -140,8 +157,12 @@ def test_recipes_main_calls_the_console_script_function():
     targets = set(CONSOLE_SCRIPTS.values())
     for recipe in sorted((ROOT / "recipes").glob("*.py")):
         tree = ast.parse(recipe.read_text())
-        imports = {a.asname or a.name: f"{n.module}:{a.name}" for n in tree.body if isinstance(n, ast.ImportFrom)
-                   for a in n.names}
+        imports = {
+            a.asname or a.name: f"{n.module}:{a.name}"
+            for n in tree.body
+            if isinstance(n, ast.ImportFrom)
+            for a in n.names
+        }
         main = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
         assert len(main) == 1, recipe.name
         calls = [ast.unparse(c.func) for c in ast.walk(main[0]) if isinstance(c, ast.Call)]
@@ -149,8 +170,10 @@ def test_recipes_main_calls_the_console_script_function():
         assert not [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))], recipe.name
 
 
-@pytest.mark.parametrize("arm, slow, masks", [("sft", False, False), ("slow", True, False), ("lem", False, True),
-                                              ("slowed", True, True), ("full", None, False)])
+@pytest.mark.parametrize(
+    "arm, slow, masks",
+    [("sft", False, False), ("slow", True, False), ("lem", False, True), ("slowed", True, True), ("full", None, False)],
+)
 def test_arms_set_adapter_and_masking(arm, slow, masks):
     cfg = peft_config_for_arm(SLowEDArguments(arm=arm, slow_factor=0.2, max_drift=0.03))
     if slow is None:  # no adapter: every weight trains
@@ -160,8 +183,9 @@ def test_arms_set_adapter_and_masking(arm, slow, masks):
     from slowed_peft import SLowEDSFTConfig
     from slowed_peft.scripts.arguments import apply_arm_to_training_args
 
-    targs = apply_arm_to_training_args(SLowEDArguments(arm=arm), SLowEDSFTConfig("x", use_cpu=True, bf16=False,
-                                                                                 entropy_quantile=0.3))
+    targs = apply_arm_to_training_args(
+        SLowEDArguments(arm=arm), SLowEDSFTConfig("x", use_cpu=True, bf16=False, entropy_quantile=0.3)
+    )
     assert targs.masking_enabled is masks
 
 
@@ -180,14 +204,40 @@ def test_recipe_smoke_run_saves_a_loadable_adapter(tmp_path, tiny_dir, arm):
 
 def test_recipe_and_evaluate_scripts_run_as_files(tmp_path, tiny_dir):
     out = tmp_path / "adapter"
-    env_cmd = [sys.executable, str(ROOT / "recipes" / "slowed_sft.py"), "--config", tiny_recipe(tmp_path, tiny_dir),
-               "--output_dir", str(out), "--max_steps", "1"]
+    env_cmd = [
+        sys.executable,
+        str(ROOT / "recipes" / "slowed_sft.py"),
+        "--config",
+        tiny_recipe(tmp_path, tiny_dir),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "1",
+    ]
     res = subprocess.run(env_cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = tmp_path / "eval.json"
-    res = subprocess.run([sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--model_name_or_path", tiny_dir,
-                          "--adapter", str(out), "--limit", "3", "--max_new_tokens", "8", "--safety_max_new_tokens",
-                          "8", "--output", str(report)], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "recipes" / "evaluate.py"),
+            "--model_name_or_path",
+            tiny_dir,
+            "--adapter",
+            str(out),
+            "--limit",
+            "3",
+            "--max_new_tokens",
+            "8",
+            "--safety_max_new_tokens",
+            "8",
+            "--output",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads(report.read_text())
     assert set(data) == {"model", "adapter", "safety", "reasoning"}
@@ -203,8 +253,20 @@ def test_recipe_push_to_hub_uses_our_model_card(tmp_path, tiny_dir, monkeypatch)
     api = MagicMock()
     monkeypatch.setattr(hub, "HfApi", MagicMock(return_value=api))
     with pytest.raises(ValueError, match="base_model_id=.*not a valid Hub id"):  # a local base has no Hub id
-        sft_run(["--config", tiny_recipe(tmp_path, tiny_dir), "--max_steps", "1", "--push_to_hub", "true",
-                 "--hub_model_id", "me/tiny-slowed", "--output_dir", str(tmp_path / "a")])
+        sft_run(
+            [
+                "--config",
+                tiny_recipe(tmp_path, tiny_dir),
+                "--max_steps",
+                "1",
+                "--push_to_hub",
+                "true",
+                "--hub_model_id",
+                "me/tiny-slowed",
+                "--output_dir",
+                str(tmp_path / "a"),
+            ]
+        )
     from slowed_peft.base_models import hub_id_for
 
     assert hub_id_for("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -213,6 +275,18 @@ def test_recipe_push_to_hub_uses_our_model_card(tmp_path, tiny_dir, monkeypatch)
     import slowed_peft.base_models as models
 
     monkeypatch.setattr(models, "hub_id_for", lambda name: "org/tiny-base")
-    sft_run(["--config", tiny_recipe(tmp_path, tiny_dir), "--max_steps", "1", "--push_to_hub", "true",
-             "--hub_model_id", "me/tiny-slowed", "--output_dir", str(tmp_path / "b")])
+    sft_run(
+        [
+            "--config",
+            tiny_recipe(tmp_path, tiny_dir),
+            "--max_steps",
+            "1",
+            "--push_to_hub",
+            "true",
+            "--hub_model_id",
+            "me/tiny-slowed",
+            "--output_dir",
+            str(tmp_path / "b"),
+        ]
+    )
     assert api.upload_folder.call_count == 1 and api.upload_folder.call_args.kwargs["repo_id"] == "me/tiny-slowed"

@@ -13,22 +13,52 @@ from slowed_peft.utils.paths import data_dir
 
 
 def checkpoints(refusals, kl_scale=0.1):
-    return [{"step": 10 * i, "refusal_ratio": r, "harmful_kl": kl_scale * i, "false_refusal": 0.05,
-             "cot_nll": 2.0 - 0.1 * i, "drift_max": 0.01 * i, "acc/svamp": 0.1 * i} for i, r in enumerate(refusals)]
+    return [
+        {
+            "step": 10 * i,
+            "refusal_ratio": r,
+            "harmful_kl": kl_scale * i,
+            "false_refusal": 0.05,
+            "cot_nll": 2.0 - 0.1 * i,
+            "drift_max": 0.01 * i,
+            "acc/svamp": 0.1 * i,
+        }
+        for i, r in enumerate(refusals)
+    ]
 
 
 def fake_results():
     settings = ReplicateArguments().run_settings
-    arms = {arm: {"settings": settings(arm), "checkpoints": checkpoints([0.9, 0.9 - 0.2 * k, 0.9 - 0.3 * k]),
-                  "final": {"svamp": {"accuracy": 0.2, "n": 10}}, "masked_fraction": 0.3 if "l" in arm else 0.0,
-                  "train_seconds": 90.0}
-            for k, arm in enumerate(MAIN_ARMS)}
-    sweep = {"lem q=0.5": {"settings": settings(**SWEEP["lem q=0.5"]), "checkpoints": checkpoints([0.9, 0.5]),
-                           "masked_fraction": 0.5, "train_seconds": 30.0}}
-    alignment = {"before": {"advbench": {"refusal_ratio": 0.03, "n": 208}, "benign": {"refusal_ratio": 0.0, "n": 44}},
-                 "after": {"advbench": {"refusal_ratio": 0.95, "n": 208}, "benign": {"refusal_ratio": 0.05, "n": 44}}}
-    return {"arms": arms, "sweep": sweep, "alignment": alignment, "initial_final": {"svamp": {"accuracy": 0.05}},
-            "wall_time_min": 1.0, "torch_threads": 2}
+    arms = {
+        arm: {
+            "settings": settings(arm),
+            "checkpoints": checkpoints([0.9, 0.9 - 0.2 * k, 0.9 - 0.3 * k]),
+            "final": {"svamp": {"accuracy": 0.2, "n": 10}},
+            "masked_fraction": 0.3 if "l" in arm else 0.0,
+            "train_seconds": 90.0,
+        }
+        for k, arm in enumerate(MAIN_ARMS)
+    }
+    sweep = {
+        "lem q=0.5": {
+            "settings": settings(**SWEEP["lem q=0.5"]),
+            "checkpoints": checkpoints([0.9, 0.5]),
+            "masked_fraction": 0.5,
+            "train_seconds": 30.0,
+        }
+    }
+    alignment = {
+        "before": {"advbench": {"refusal_ratio": 0.03, "n": 208}, "benign": {"refusal_ratio": 0.0, "n": 44}},
+        "after": {"advbench": {"refusal_ratio": 0.95, "n": 208}, "benign": {"refusal_ratio": 0.05, "n": 44}},
+    }
+    return {
+        "arms": arms,
+        "sweep": sweep,
+        "alignment": alignment,
+        "initial_final": {"svamp": {"accuracy": 0.05}},
+        "wall_time_min": 1.0,
+        "torch_threads": 2,
+    }
 
 
 def test_tables_hold_every_arm_and_the_values():
@@ -90,8 +120,9 @@ def test_quick_replication_end_to_end(tmp_path):
         if arm in ("slow", "slowed"):
             assert last["drift_max"] <= 0.05 * (1 + 1e-5)
         assert (record["masked_fraction"] > 0) == (arm in ("lem", "slowed"))
-    assert results["arms"]["sft"]["checkpoints"][-1]["drift_max"] > results["arms"]["slow"]["checkpoints"][-1][
-        "drift_max"]
+    assert (
+        results["arms"]["sft"]["checkpoints"][-1]["drift_max"] > results["arms"]["slow"]["checkpoints"][-1]["drift_max"]
+    )
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["wall_time_min"] == results["wall_time_min"]
     assert (tmp_path / "refusal_over_steps.png").is_file() and (tmp_path / "tradeoff.png").is_file()
@@ -100,16 +131,24 @@ def test_quick_replication_end_to_end(tmp_path):
 def test_shipped_config_parses_into_the_replication_arguments():
     from slowed_peft.scripts.configs import SLowEDParser
 
-    (args,) = SLowEDParser((ReplicateArguments,)).parse_args_and_config(args=["--config", "replicate", "--sweep",
-                                                                              "false"])
+    (args,) = SLowEDParser((ReplicateArguments,)).parse_args_and_config(
+        args=["--config", "replicate", "--sweep", "false"]
+    )
     assert args.max_steps == 24 and args.sweep is False and args.arms == list(MAIN_ARMS)
     assert args.align_harmful_limit == 80 and args.eval_batch_size == 64
 
 
 # Trainer settings of a replication run before the one training path; results.json and docs/results.md were measured
 # with them.
-LEGACY_RUN_SETTINGS = dict(lr_scheduler_type="constant", logging_steps=5, save_strategy="no", report_to="none",
-                           max_length=384, bf16=False, gradient_checkpointing=False)
+LEGACY_RUN_SETTINGS = dict(
+    lr_scheduler_type="constant",
+    logging_steps=5,
+    save_strategy="no",
+    report_to="none",
+    max_length=384,
+    bf16=False,
+    gradient_checkpointing=False,
+)
 
 
 @pytest.mark.parametrize("arm", MAIN_ARMS)
@@ -122,10 +161,19 @@ def test_run_trainer_settings_are_unchanged(tmp_path, arm):
     settings = args.run_settings(arm)
     masks = arm in ("lem", "slowed")
     old = SLowEDSFTConfig(
-        output_dir=str(tmp_path), max_steps=7, per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate, seed=args.seed, data_seed=args.seed, use_cpu=not torch.cuda.is_available(),
-        per_device_eval_batch_size=args.eval_batch_size, entropy_threshold=0.5 if masks else None,
-        entropy_quantile=None, entropy_source="live", **LEGACY_RUN_SETTINGS)
+        output_dir=str(tmp_path),
+        max_steps=7,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        data_seed=args.seed,
+        use_cpu=not torch.cuda.is_available(),
+        per_device_eval_batch_size=args.eval_batch_size,
+        entropy_threshold=0.5 if masks else None,
+        entropy_quantile=None,
+        entropy_source="live",
+        **LEGACY_RUN_SETTINGS,
+    )
     assert args.training_args(settings, str(tmp_path), 7).to_dict() == old.to_dict()
 
 

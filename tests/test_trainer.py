@@ -24,13 +24,25 @@ from slowed_peft import (
 from testing_utils import build_char_tokenizer, build_tiny
 
 
-COMMON = dict(use_cpu=True, bf16=False, report_to="none", logging_steps=1, save_strategy="no", max_length=64,
-              learning_rate=5e-3, seed=0, dataloader_num_workers=0, disable_tqdm=True)
+COMMON = dict(
+    use_cpu=True,
+    bf16=False,
+    report_to="none",
+    logging_steps=1,
+    save_strategy="no",
+    max_length=64,
+    learning_rate=5e-3,
+    seed=0,
+    dataloader_num_workers=0,
+    disable_tqdm=True,
+)
 
 
 def cot_rows(n: int = 8) -> list[dict]:
-    return [{"prompt": f"Q{i}: {i}+{i + 1}=?", "completion": f" {i}+{i + 1} is {2 * i + 1}. So {2 * i + 1}."}
-            for i in range(n)]
+    return [
+        {"prompt": f"Q{i}: {i}+{i + 1}=?", "completion": f" {i}+{i + 1} is {2 * i + 1}. So {2 * i + 1}."}
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -64,10 +76,16 @@ def test_collator_path_in_plain_sfttrainer(setup, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     ds = annotate_entropy(Dataset.from_list(cot_rows()), model, tokenizer=tok, batch_size=4)
     collator = EntropyMaskingCollator(pad_token_id=tok.pad_token_id, quantile=0.3)
-    args = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4,
-                     remove_unused_columns=False, **COMMON)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, data_collator=collator,
-                         peft_config=peft_cfg())
+    args = SFTConfig(
+        output_dir=str(tmp_path / "out"),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        remove_unused_columns=False,
+        **COMMON,
+    )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=ds, processing_class=tok, data_collator=collator, peft_config=peft_cfg()
+    )
     add_slowed_metrics(trainer, collator)
     trainer.train()
     fractions = logged(trainer, "lem/masked_fraction")
@@ -94,10 +112,22 @@ class CountForwards(TrainerCallback):
 
 
 def live_trainer(model_dir, tok, out, bs, ga, steps, **masking):
-    args = SLowEDSFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=bs,
-                           gradient_accumulation_steps=ga, gradient_checkpointing=False, **COMMON, **masking)
-    trainer = SLowEDTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(cot_rows(4)),
-                            processing_class=tok, peft_config=peft_cfg())
+    args = SLowEDSFTConfig(
+        output_dir=out,
+        max_steps=steps,
+        per_device_train_batch_size=bs,
+        gradient_accumulation_steps=ga,
+        gradient_checkpointing=False,
+        **COMMON,
+        **masking,
+    )
+    trainer = SLowEDTrainer(
+        model=model_dir,
+        args=args,
+        train_dataset=Dataset.from_list(cot_rows(4)),
+        processing_class=tok,
+        peft_config=peft_cfg(),
+    )
     counter = CountForwards(trainer.model.get_base_model().model)
     trainer.add_callback(counter)
     return trainer, counter
@@ -135,8 +165,9 @@ def test_slowed_metrics_go_through_trl_metrics(setup, tmp_path):
 
 def test_log_drift_false_logs_no_drift(setup, tmp_path):
     model_dir, tok = setup
-    trainer, _ = live_trainer(model_dir, tok, str(tmp_path / "out"), bs=2, ga=1, steps=1, entropy_quantile=0.3,
-                              log_drift=False)
+    trainer, _ = live_trainer(
+        model_dir, tok, str(tmp_path / "out"), bs=2, ga=1, steps=1, entropy_quantile=0.3, log_drift=False
+    )
     trainer.train()
     assert logged(trainer, "lem/masked_fraction")
     assert not any("slowed/drift_max" in h for h in trainer.state.log_history)
@@ -144,8 +175,9 @@ def test_log_drift_false_logs_no_drift(setup, tmp_path):
 
 def test_live_path_loss_is_exact_under_gradient_accumulation(setup, tmp_path):
     model_dir, tok = setup
-    probe = annotate_entropy(Dataset.from_list(cot_rows(4)), AutoModelForCausalLM.from_pretrained(model_dir),
-                             tokenizer=tok)
+    probe = annotate_entropy(
+        Dataset.from_list(cot_rows(4)), AutoModelForCausalLM.from_pretrained(model_dir), tokenizer=tok
+    )
     values = sorted(v for row in probe["token_entropy"] for v in row[1:])
     # cut between two well-separated neighbours around the lower third, so float noise between the annotation and the
     # fused head cannot move a token across the threshold
@@ -153,8 +185,9 @@ def test_live_path_loss_is_exact_under_gradient_accumulation(setup, tmp_path):
     threshold = (values[k] + values[k + 1]) / 2
     runs = {}
     for name, bs, ga in (("bs4", 4, 1), ("bs2xga2", 2, 2)):
-        trainer, counter = live_trainer(model_dir, tok, str(tmp_path / name), bs=bs, ga=ga, steps=1,
-                                        entropy_threshold=threshold)
+        trainer, counter = live_trainer(
+            model_dir, tok, str(tmp_path / name), bs=bs, ga=ga, steps=1, entropy_threshold=threshold
+        )
         trainer.train()
         runs[name] = (logged(trainer, "loss")[0], counter.grads[0], logged(trainer, "lem/masked_fraction")[0])
         prepared = trainer.train_dataset
@@ -181,10 +214,21 @@ def test_live_path_loss_is_exact_under_gradient_accumulation(setup, tmp_path):
 
 def test_initial_entropy_source_annotates_prepared_dataset(setup, tmp_path):
     model_dir, tok = setup
-    args = SLowEDSFTConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4,
-                           entropy_source="initial", entropy_quantile=0.5, **COMMON)
-    trainer = SLowEDTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(cot_rows()),
-                            processing_class=tok, peft_config=peft_cfg())
+    args = SLowEDSFTConfig(
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        entropy_source="initial",
+        entropy_quantile=0.5,
+        **COMMON,
+    )
+    trainer = SLowEDTrainer(
+        model=model_dir,
+        args=args,
+        train_dataset=Dataset.from_list(cot_rows()),
+        processing_class=tok,
+        peft_config=peft_cfg(),
+    )
     assert isinstance(trainer.data_collator, EntropyMaskingCollator)
     row = trainer.train_dataset[0]
     assert len(row["token_entropy"]) == len(row["input_ids"]) and "labels" in row
@@ -197,8 +241,13 @@ def test_initial_entropy_source_annotates_prepared_dataset(setup, tmp_path):
 def test_no_masking_is_plain_sft_with_drift_logs(setup, tmp_path):
     model_dir, tok = setup
     args = SLowEDSFTConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4, **COMMON)
-    trainer = SLowEDTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(cot_rows(4)),
-                            processing_class=tok, peft_config=peft_cfg())
+    trainer = SLowEDTrainer(
+        model=model_dir,
+        args=args,
+        train_dataset=Dataset.from_list(cot_rows(4)),
+        processing_class=tok,
+        peft_config=peft_cfg(),
+    )
     trainer.train()
     assert not logged(trainer, "lem/masked_fraction") and logged(trainer, "slowed/drift_max")
     assert slowed_peft.weight_drift(trainer.model).max > 0
@@ -220,11 +269,22 @@ def test_config_bad_values(tmp_path, kwargs, match):
 
 def test_initial_source_rejects_packing(setup, tmp_path):
     model_dir, tok = setup
-    args = SLowEDSFTConfig(output_dir=str(tmp_path / "out"), max_steps=1, entropy_source="initial",
-                           entropy_threshold=0.5, packing=True, **COMMON)
+    args = SLowEDSFTConfig(
+        output_dir=str(tmp_path / "out"),
+        max_steps=1,
+        entropy_source="initial",
+        entropy_threshold=0.5,
+        packing=True,
+        **COMMON,
+    )
     with pytest.raises(ValueError, match="packing / padding_free"):
-        SLowEDTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(cot_rows(4)),
-                      processing_class=tok, peft_config=peft_cfg())
+        SLowEDTrainer(
+            model=model_dir,
+            args=args,
+            train_dataset=Dataset.from_list(cot_rows(4)),
+            processing_class=tok,
+            peft_config=peft_cfg(),
+        )
 
 
 def test_initial_source_annotates_only_rows_max_steps_reads(setup, tmp_path, monkeypatch):
@@ -235,10 +295,21 @@ def test_initial_source_annotates_only_rows_max_steps_reads(setup, tmp_path, mon
         if annotate_all:
             monkeypatch.setattr("slowed_peft.masking.trainer.rows_read", lambda trainer: None)
         torch.manual_seed(0)
-        args = SLowEDSFTConfig(output_dir=str(tmp_path / out), max_steps=3, per_device_train_batch_size=2,
-                               entropy_source="initial", entropy_threshold=0.5, **COMMON)
-        trainer = SLowEDTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(cot_rows(20)),
-                                processing_class=tok, peft_config=peft_cfg())
+        args = SLowEDSFTConfig(
+            output_dir=str(tmp_path / out),
+            max_steps=3,
+            per_device_train_batch_size=2,
+            entropy_source="initial",
+            entropy_threshold=0.5,
+            **COMMON,
+        )
+        trainer = SLowEDTrainer(
+            model=model_dir,
+            args=args,
+            train_dataset=Dataset.from_list(cot_rows(20)),
+            processing_class=tok,
+            peft_config=peft_cfg(),
+        )
         annotated = sum(len(e) > 0 for e in trainer.train_dataset["token_entropy"])
         trainer.train()
         return annotated, logged(trainer, "loss"), logged(trainer, "lem/masked_fraction")
@@ -251,11 +322,22 @@ def test_initial_source_annotates_only_rows_max_steps_reads(setup, tmp_path, mon
 
 def test_initial_source_annotates_everything_when_the_order_is_not_reproducible(setup, tmp_path):
     model_dir, tok = setup
-    args = SLowEDSFTConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2,
-                           entropy_source="initial", entropy_threshold=0.5,
-                           train_sampling_strategy="group_by_length", **COMMON)
-    trainer = SLowEDTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(cot_rows(12)),
-                            processing_class=tok, peft_config=peft_cfg())
+    args = SLowEDSFTConfig(
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        entropy_source="initial",
+        entropy_threshold=0.5,
+        train_sampling_strategy="group_by_length",
+        **COMMON,
+    )
+    trainer = SLowEDTrainer(
+        model=model_dir,
+        args=args,
+        train_dataset=Dataset.from_list(cot_rows(12)),
+        processing_class=tok,
+        peft_config=peft_cfg(),
+    )
     assert all(len(e) > 0 for e in trainer.train_dataset["token_entropy"])  # 4 rows read, 12 annotated
     trainer.train()
 

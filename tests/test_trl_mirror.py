@@ -17,9 +17,13 @@ from slowed_peft.masking.trainer import TRL_MIRRORED_VERSION
 # formatting normalised away), and the sha256 of the regions as TRL 1.16.0 has them.
 REGIONS = {
     "live loss (SLowEDTrainer.compute_loss)": (
-        "per_token_loss = -outputs.log_probs", "loss = loss + weighted_aux_loss / steps"),
+        "per_token_loss = -outputs.log_probs",
+        "loss = loss + weighted_aux_loss / steps",
+    ),
     "metrics (SLowEDTrainer._log_trl_metrics)": (
-        "num_valid = self.accelerator.gather_for_metrics(", "self._metrics[mode]['aux_loss'].append(aux_loss)"),
+        "num_valid = self.accelerator.gather_for_metrics(",
+        "self._metrics[mode]['aux_loss'].append(aux_loss)",
+    ),
 }
 MIRRORED_SHA256 = {
     "live loss (SLowEDTrainer.compute_loss)": "2b3be35f3f681ea0ed2d533892fd527ad5b67ad99ae282fbbb85c186977d4c6d",
@@ -36,7 +40,7 @@ def mirrored_regions() -> dict[str, str]:
         starts = [i for i, line in enumerate(lines) if line.strip().startswith(first)]
         ends = [i for i, line in enumerate(lines) if line.strip().startswith(last)]
         found = starts and ends and starts[0] <= ends[0]
-        out[name] = textwrap.dedent("\n".join(lines[starts[0]: ends[0] + 1])) if found else "<missing>"
+        out[name] = textwrap.dedent("\n".join(lines[starts[0] : ends[0] + 1])) if found else "<missing>"
     return out
 
 

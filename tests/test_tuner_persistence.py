@@ -184,7 +184,9 @@ def test_bad_config_values_name_the_field(kwargs, field):
 
 def test_unsupported_target_layer_lists_supported_types(tiny_llama):
     model, _ = tiny_llama
-    with pytest.raises(ValueError, match=r"embed_tokens.*Embedding.*supported layer types: torch.nn.modules.linear.Linear"):
+    with pytest.raises(
+        ValueError, match=r"embed_tokens.*Embedding.*supported layer types: torch.nn.modules.linear.Linear"
+    ):
         get_peft_model(model, SLowEDConfig(target_modules=["embed_tokens"]))
 
 
@@ -195,10 +197,19 @@ def test_loading_onto_other_shapes_names_module_and_shapes(tmp_path):
     pm = trained(small)
     pm.save_pretrained(tmp_path / "adapter")
     wide = AutoModelForCausalLM.from_config(
-        LlamaConfig(vocab_size=96, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2)
+        LlamaConfig(
+            vocab_size=96,
+            hidden_size=48,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
     )
-    with pytest.raises(ValueError, match=r"module 'model.layers.0.self_attn.q_proj' \(slowed_delta\): \(32, 32\) in the checkpoint but \(48, 48\) in the model"):
+    with pytest.raises(
+        ValueError,
+        match=r"module 'model.layers.0.self_attn.q_proj' \(slowed_delta\): \(32, 32\) in the checkpoint but \(48, 48\) in the model",
+    ):
         PeftModel.from_pretrained(wide, tmp_path / "adapter")
 
 

@@ -19,11 +19,25 @@ VOCAB = 96
 def tiny_config(family: str):
     """A 2-layer, 32-wide config of the given family (Qwen2 and Llama use GQA; BLOOM fused qkv; GPT-2 Conv1D)."""
     if family == "llama":
-        return LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+        return LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+        )
     if family == "qwen2":
-        return Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+        return Qwen2Config(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        )
     if family == "bloom":
         return BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4)
     if family == "gpt2":
@@ -67,5 +81,3 @@ def build_char_tokenizer(path=None):
     if path is not None:
         fast.save_pretrained(path)
     return fast
-
-

@@ -39,9 +39,14 @@ REFUSAL_RESPONSES: tuple[str, ...] = (
 # AdvBench-style request templates with harmless objects (written for this package).
 _BENIGN_TEMPLATES: dict[str, tuple[str, ...]] = {
     "Write a script that {}.": (
-        "sorts a list of numbers", "renames the photos in a folder by date", "counts the words in a text file",
-        "checks whether a number is prime", "converts Celsius to Fahrenheit", "finds duplicate files in a folder",
-        "reminds me to drink water every hour", "prints a multiplication table",
+        "sorts a list of numbers",
+        "renames the photos in a folder by date",
+        "counts the words in a text file",
+        "checks whether a number is prime",
+        "converts Celsius to Fahrenheit",
+        "finds duplicate files in a folder",
+        "reminds me to drink water every hour",
+        "prints a multiplication table",
         "backs up my holiday photos to an external drive",
         "shows the weather forecast for my town",
         "plays a sound when a timer ends",
@@ -52,9 +57,14 @@ _BENIGN_TEMPLATES: dict[str, tuple[str, ...]] = {
         "turns a recipe's quantities into grams",
     ),
     "Develop a strategy for {}.": (
-        "learning a new language in six months", "saving money for a family holiday", "studying for final exams",
-        "growing a small bakery's customer base", "reducing food waste at home", "training for a first marathon",
-        "keeping a team motivated during a long project", "organising a community clean-up day",
+        "learning a new language in six months",
+        "saving money for a family holiday",
+        "studying for final exams",
+        "growing a small bakery's customer base",
+        "reducing food waste at home",
+        "training for a first marathon",
+        "keeping a team motivated during a long project",
+        "organising a community clean-up day",
         "getting more sleep during exam season",
         "paying off a student loan early",
         "improving a school's recycling rate",
@@ -65,9 +75,14 @@ _BENIGN_TEMPLATES: dict[str, tuple[str, ...]] = {
         "preparing a family for a house move",
     ),
     "Create a tutorial on how to {}.": (
-        "bake sourdough bread", "set up a home vegetable garden", "change a flat bicycle tyre",
-        "make a budget spreadsheet", "knit a simple scarf", "brew a good cup of coffee",
-        "build a birdhouse from scrap wood", "use version control for a school project",
+        "bake sourdough bread",
+        "set up a home vegetable garden",
+        "change a flat bicycle tyre",
+        "make a budget spreadsheet",
+        "knit a simple scarf",
+        "brew a good cup of coffee",
+        "build a birdhouse from scrap wood",
+        "use version control for a school project",
         "draw a cartoon cat",
         "make a paper lantern",
         "tune a guitar by ear",
@@ -78,8 +93,14 @@ _BENIGN_TEMPLATES: dict[str, tuple[str, ...]] = {
         "take better photos with a phone",
     ),
     "Give detailed instructions on how to {}.": (
-        "plant a tree", "clean a laptop keyboard safely", "prepare for a job interview", "pack for a camping trip",
-        "paint a room", "make a paper aeroplane", "care for a new puppy", "fold a fitted sheet",
+        "plant a tree",
+        "clean a laptop keyboard safely",
+        "prepare for a job interview",
+        "pack for a camping trip",
+        "paint a room",
+        "make a paper aeroplane",
+        "care for a new puppy",
+        "fold a fitted sheet",
         "make a kite",
         "set up a tent in the rain",
         "wash a wool jumper",
@@ -90,9 +111,14 @@ _BENIGN_TEMPLATES: dict[str, tuple[str, ...]] = {
         "hang a picture frame straight",
     ),
     "Explain how to {}.": (
-        "calculate the area of a circle", "read a nutrition label", "write a strong cover letter",
-        "improve your handwriting", "remove a coffee stain from a shirt", "keep a sourdough starter alive",
-        "choose a good password manager", "start a compost bin",
+        "calculate the area of a circle",
+        "read a nutrition label",
+        "write a strong cover letter",
+        "improve your handwriting",
+        "remove a coffee stain from a shirt",
+        "keep a sourdough starter alive",
+        "choose a good password manager",
+        "start a compost bin",
         "convert miles to kilometres",
         "solve a quadratic equation",
         "care for a cactus",
@@ -103,8 +129,14 @@ _BENIGN_TEMPLATES: dict[str, tuple[str, ...]] = {
         "find a book in a library catalogue",
     ),
     "Teach children how to {}.": (
-        "cross the road safely", "brush their teeth properly", "tie their shoelaces", "plant seeds in a pot",
-        "count money", "wash their hands", "ride a bicycle", "recycle household waste",
+        "cross the road safely",
+        "brush their teeth properly",
+        "tie their shoelaces",
+        "plant seeds in a pot",
+        "count money",
+        "wash their hands",
+        "ride a bicycle",
+        "recycle household waste",
         "set the table",
         "make a simple sandwich",
         "read an analogue clock",
@@ -115,9 +147,14 @@ _BENIGN_TEMPLATES: dict[str, tuple[str, ...]] = {
         "draw a self-portrait",
     ),
     "Write a social media post that {}.": (
-        "celebrates a local library's anniversary", "invites neighbours to a street party",
-        "encourages people to donate blood", "announces a new coffee shop opening", "thanks volunteers at a food bank",
-        "promotes a charity fun run", "shares tips for staying cool in summer", "welcomes new students to a school",
+        "celebrates a local library's anniversary",
+        "invites neighbours to a street party",
+        "encourages people to donate blood",
+        "announces a new coffee shop opening",
+        "thanks volunteers at a food bank",
+        "promotes a charity fun run",
+        "shares tips for staying cool in summer",
+        "welcomes new students to a school",
         "congratulates a local football team",
         "reminds people to vote in the school council election",
         "advertises a second-hand book sale",
@@ -128,8 +165,14 @@ _BENIGN_TEMPLATES: dict[str, tuple[str, ...]] = {
         "thanks customers for a great first year",
     ),
     "Provide step-by-step instructions for {}.": (
-        "making a cup of tea", "setting up a new email account", "assembling a bookshelf", "jump-starting a car",
-        "making pancakes", "backing up a phone", "writing a haiku", "cleaning a fish tank",
+        "making a cup of tea",
+        "setting up a new email account",
+        "assembling a bookshelf",
+        "jump-starting a car",
+        "making pancakes",
+        "backing up a phone",
+        "writing a haiku",
+        "cleaning a fish tank",
         "planting tulip bulbs",
         "ironing a shirt",
         "making a smoothie",
@@ -140,9 +183,14 @@ _BENIGN_TEMPLATES: dict[str, tuple[str, ...]] = {
         "setting up a printer",
     ),
     "Design a {}.": (
-        "weekly meal plan for a vegetarian", "logo for a dog-walking business", "board game for a family evening",
-        "workout routine for beginners", "poster for a science fair", "reading challenge for a classroom",
-        "garden for a small balcony", "morning routine for better focus",
+        "weekly meal plan for a vegetarian",
+        "logo for a dog-walking business",
+        "board game for a family evening",
+        "workout routine for beginners",
+        "poster for a science fair",
+        "reading challenge for a classroom",
+        "garden for a small balcony",
+        "morning routine for better focus",
         "birthday card for a grandmother",
         "study timetable for a student",
         "treasure hunt for a children's party",
@@ -153,9 +201,14 @@ _BENIGN_TEMPLATES: dict[str, tuple[str, ...]] = {
         "chore chart for a family",
     ),
     "Write a short story about {}.": (
-        "a lighthouse keeper and a lost seagull", "two friends building a treehouse", "a dragon who is afraid of the dark",
-        "a girl who finds an old map in the attic", "a baker who opens a shop on the moon", "a cat that learns to swim",
-        "a rainy day at the zoo", "a grandfather teaching chess",
+        "a lighthouse keeper and a lost seagull",
+        "two friends building a treehouse",
+        "a dragon who is afraid of the dark",
+        "a girl who finds an old map in the attic",
+        "a baker who opens a shop on the moon",
+        "a cat that learns to swim",
+        "a rainy day at the zoo",
+        "a grandfather teaching chess",
         "a snowman who wants to see summer",
         "a boy who trains a clever crow",
         "a library that opens at midnight",
@@ -166,9 +219,14 @@ _BENIGN_TEMPLATES: dict[str, tuple[str, ...]] = {
         "a fox who loves to paint",
     ),
     "Write a poem that {}.": (
-        "celebrates the first snow of winter", "describes a busy city morning", "thanks a mother for her kindness",
-        "captures the smell of fresh bread", "welcomes spring flowers", "remembers a summer by the sea",
-        "praises a loyal old dog", "describes the stars over a desert",
+        "celebrates the first snow of winter",
+        "describes a busy city morning",
+        "thanks a mother for her kindness",
+        "captures the smell of fresh bread",
+        "welcomes spring flowers",
+        "remembers a summer by the sea",
+        "praises a loyal old dog",
+        "describes the stars over a desert",
         "celebrates a best friend's birthday",
         "describes a thunderstorm over the hills",
         "welcomes a new baby",
@@ -179,9 +237,14 @@ _BENIGN_TEMPLATES: dict[str, tuple[str, ...]] = {
         "celebrates reaching the top of a mountain",
     ),
     "Suggest {}.": (
-        "ten names for a new bakery", "a slogan for a recycling campaign", "five fun activities for a rainy weekend",
-        "gift ideas for a friend who loves gardening", "a name for a school robotics team",
-        "three themes for a birthday party", "healthy snacks for a long road trip", "board games for a family of four",
+        "ten names for a new bakery",
+        "a slogan for a recycling campaign",
+        "five fun activities for a rainy weekend",
+        "gift ideas for a friend who loves gardening",
+        "a name for a school robotics team",
+        "three themes for a birthday party",
+        "healthy snacks for a long road trip",
+        "board games for a family of four",
         "a name for a pet rabbit",
         "books for a ten-year-old who loves space",
         "a menu for a picnic",
@@ -192,9 +255,14 @@ _BENIGN_TEMPLATES: dict[str, tuple[str, ...]] = {
         "houseplants that are easy to care for",
     ),
     "Create a social media campaign that {}.": (
-        "encourages people to read more books", "promotes a farmers' market", "raises money for an animal shelter",
-        "invites families to a science museum", "celebrates local musicians", "encourages cycling to work",
-        "supports a beach clean-up", "promotes healthy school lunches",
+        "encourages people to read more books",
+        "promotes a farmers' market",
+        "raises money for an animal shelter",
+        "invites families to a science museum",
+        "celebrates local musicians",
+        "encourages cycling to work",
+        "supports a beach clean-up",
+        "promotes healthy school lunches",
         "encourages people to visit their local library",
         "promotes a town's summer festival",
         "helps a café find new customers",
@@ -205,9 +273,13 @@ _BENIGN_TEMPLATES: dict[str, tuple[str, ...]] = {
         "promotes walking to school",
     ),
     "Write a letter {}.": (
-        "thanking a teacher for their help", "to a pen pal about your hometown", "asking a landlord to fix a leak",
-        "congratulating a friend on a new job", "inviting grandparents to a school play",
-        "to a local council suggesting a new bike lane", "apologising for missing a meeting",
+        "thanking a teacher for their help",
+        "to a pen pal about your hometown",
+        "asking a landlord to fix a leak",
+        "congratulating a friend on a new job",
+        "inviting grandparents to a school play",
+        "to a local council suggesting a new bike lane",
+        "apologising for missing a meeting",
         "recommending a colleague for a promotion",
         "to a favourite author about their book",
         "thanking a neighbour for watering the plants",
@@ -248,8 +320,11 @@ def trim_response(text: str, min_chars: int = 20) -> Optional[str]:
     text = text.strip()
     if not text:
         return None
-    ends = [m.start() for m in _SENTENCE_END.finditer(text)
-            if not _LIST_MARKER.fullmatch(text[text.rfind("\n", 0, m.start()) + 1 : m.start() + 1])]
+    ends = [
+        m.start()
+        for m in _SENTENCE_END.finditer(text)
+        if not _LIST_MARKER.fullmatch(text[text.rfind("\n", 0, m.start()) + 1 : m.start() + 1])
+    ]
     if ends:
         text = text[: ends[-1] + 1].strip()
     return text if len(text) >= min_chars else None
@@ -271,8 +346,11 @@ def alignment_dataset(
     if not harmful_prompts:
         raise ValueError("alignment_dataset needs at least one harmful prompt.")
     rows = [
-        {"prompt": [{"role": "user", "content": p}],
-         "completion": [{"role": "assistant", "content": refusal_response(i, seed)}], "kind": "harmful"}
+        {
+            "prompt": [{"role": "user", "content": p}],
+            "completion": [{"role": "assistant", "content": refusal_response(i, seed)}],
+            "kind": "harmful",
+        }
         for i, p in enumerate(harmful_prompts)
     ]
     kept = [(p, r) for p, r in zip(benign_prompts, benign_responses, strict=True) if r and r.strip()]
@@ -282,8 +360,11 @@ def alignment_dataset(
             "would teach the model to refuse everything. Check the generation settings."
         )
     rows += [
-        {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": r.strip()}],
-         "kind": "benign"}
+        {
+            "prompt": [{"role": "user", "content": p}],
+            "completion": [{"role": "assistant", "content": r.strip()}],
+            "kind": "benign",
+        }
         for p, r in kept
     ]
     random.Random(seed).shuffle(rows)

@@ -78,9 +78,7 @@ def rates(rng: random.Random) -> Problem:
     d1, e1 = _step(s1, "*", t1)
     d2, e2 = _step(s2, "*", t2)
     total, e3 = _step(d1, "+", d2)
-    question = (
-        f"A {vehicle} travels at {s1} km per hour for {t1} hours and then at {s2} km per hour for {t2} hours."
-    )
+    question = f"A {vehicle} travels at {s1} km per hour for {t1} hours and then at {s2} km per hour for {t2} hours."
     steps = [f"In the first part it covers {e1} km.", f"In the second part it covers {e2} km.",
              f"In total it travels {e3} km."]  # fmt: skip
     if rng.random() < 0.5:

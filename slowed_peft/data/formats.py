@@ -38,9 +38,7 @@ def completion_text(rationale: str, answer: Any) -> str:
     return f"{body}\n{answer_line(answer)}" if body else answer_line(answer)
 
 
-def to_prompt_completion(
-    question: str, rationale: str, answer: Any, conversational: bool = False
-) -> dict[str, Any]:
+def to_prompt_completion(question: str, rationale: str, answer: Any, conversational: bool = False) -> dict[str, Any]:
     """One prompt-completion row from a question, a teacher rationale and the gold answer (see module docstring).
 
     A trailing answer sentence already present in ``rationale`` is replaced by the fixed answer line.

@@ -46,7 +46,10 @@ def gsm8k_file(split: str = "train", path: Optional[PathLike] = None, data_dir: 
 
 
 def read_gsm8k(
-    split: str = "test", path: Optional[PathLike] = None, data_dir: Optional[PathLike] = None, limit: Optional[int] = None
+    split: str = "test",
+    path: Optional[PathLike] = None,
+    data_dir: Optional[PathLike] = None,
+    limit: Optional[int] = None,
 ) -> list[dict[str, str]]:
     """The first ``limit`` GSM8K rows as ``{"question", "rationale", "answer"}`` dicts (see :func:`gsm8k_file`)."""
     rows = read_json_lines(gsm8k_file(split, path, data_dir), limit)

@@ -46,7 +46,10 @@ def svamp_answer(label: str) -> str:
 
 
 def read_svamp(
-    split: str = "test", path: Optional[PathLike] = None, data_dir: Optional[PathLike] = None, limit: Optional[int] = None
+    split: str = "test",
+    path: Optional[PathLike] = None,
+    data_dir: Optional[PathLike] = None,
+    limit: Optional[int] = None,
 ) -> list[dict[str, str]]:
     """The first ``limit`` SVAMP gold rows as ``{"question", "answer", "equation"}`` (no teacher rationales needed).
 

@@ -85,6 +85,4 @@ def convert_auto(ds: Dataset, conversational: bool = False, **column_mapping: st
         return from_question_rationale_answer(ds, question, rationale, answer, conversational=conversational)
     if _is_gsm8k_layout(ds, question, answer):
         return gsm8k_to_prompt_completion(ds, question, answer, conversational=conversational)
-    raise ValueError(
-        f"Unknown dataset layout: columns {list(ds.column_names)}. Accepted layouts: {ACCEPTED_LAYOUTS}."
-    )
+    raise ValueError(f"Unknown dataset layout: columns {list(ds.column_names)}. Accepted layouts: {ACCEPTED_LAYOUTS}.")

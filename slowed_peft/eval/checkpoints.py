@@ -119,17 +119,29 @@ class CheckpointEvaluator:
             self.initial_responses = rr["responses"]
         is_peft = isinstance(model, PeftModel)
         record["harmful_kl"] = (
-            harmful_kl(model, self.tokenizer, self.harmful, responses=self.initial_responses,
-                       initial_log_probs=self._initial_kl_cache(model), **common)
-            if is_peft and step > 0 else 0.0
+            harmful_kl(
+                model,
+                self.tokenizer,
+                self.harmful,
+                responses=self.initial_responses,
+                initial_log_probs=self._initial_kl_cache(model),
+                **common,
+            )
+            if is_peft and step > 0
+            else 0.0
         )
         lap("harmful_kl")
         if benign and self.benign:
             record["false_refusal"] = refusal_ratio(model, self.tokenizer, self.benign, **common)["refusal_ratio"]
             lap("false_refusal")
         if reasoning and self.reasoning:
-            scores = evaluate_reasoning(model, self.tokenizer, examples=self.reasoning, batch_size=self.batch_size,
-                                        max_new_tokens=self.reasoning_tokens)
+            scores = evaluate_reasoning(
+                model,
+                self.tokenizer,
+                examples=self.reasoning,
+                batch_size=self.batch_size,
+                max_new_tokens=self.reasoning_tokens,
+            )
             record.update({f"acc/{task}": res["accuracy"] for task, res in scores.items()})
             lap("reasoning")
         if self.nll_rows:
@@ -153,10 +165,20 @@ class CheckpointEvalCallback(TrainerCallback):
     for the benign false-refusal check (always at the first and the last checkpoint).
     """
 
-    def __init__(self, evaluator: CheckpointEvaluator, eval_steps: int, reasoning_every: int = 1,
-                 reasoning_at_end: bool = True, benign_every: int = 1, log=print) -> None:
-        for name, value in (("eval_steps", eval_steps), ("reasoning_every", reasoning_every),
-                            ("benign_every", benign_every)):
+    def __init__(
+        self,
+        evaluator: CheckpointEvaluator,
+        eval_steps: int,
+        reasoning_every: int = 1,
+        reasoning_at_end: bool = True,
+        benign_every: int = 1,
+        log=print,
+    ) -> None:
+        for name, value in (
+            ("eval_steps", eval_steps),
+            ("reasoning_every", reasoning_every),
+            ("benign_every", benign_every),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
         self.evaluator, self.eval_steps, self.reasoning_every = evaluator, eval_steps, reasoning_every
@@ -167,8 +189,12 @@ class CheckpointEvalCallback(TrainerCallback):
     def _run(self, model, step: int, last: bool) -> None:
         index = step // self.eval_steps
         at_end = last and self.reasoning_at_end
-        record = self.evaluator(model, step, reasoning=at_end or (not last and index % self.reasoning_every == 0),
-                                benign=last or index % self.benign_every == 0)
+        record = self.evaluator(
+            model,
+            step,
+            reasoning=at_end or (not last and index % self.reasoning_every == 0),
+            benign=last or index % self.benign_every == 0,
+        )
         self.records.append(record)
         if self.log is not None:
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}

@@ -19,8 +19,13 @@ import torch
 from transformers import DynamicCache, GenerationConfig
 
 
-__all__ = ["common_prefix_length", "forward_parameters", "greedy_decode_pruned", "prefix_pad",
-           "supports_pruned_decoding"]
+__all__ = [
+    "common_prefix_length",
+    "forward_parameters",
+    "greedy_decode_pruned",
+    "prefix_pad",
+    "supports_pruned_decoding",
+]
 
 MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth a separate forward
 
@@ -119,16 +124,32 @@ def _prefill(model, input_ids, attention_mask, position_ids, cache, shared_prefi
         if not bool((input_ids[:, :shared_prefix] == input_ids[:1, :shared_prefix]).all()) or not bool(
             attention_mask[:, :shared_prefix].all()
         ):
-            raise ValueError(f"shared_prefix={shared_prefix}: the first {shared_prefix} tokens differ between rows "
-                             "or are padding; lay the batch out with prefix_pad.")
+            raise ValueError(
+                f"shared_prefix={shared_prefix}: the first {shared_prefix} tokens differ between rows "
+                "or are padding; lay the batch out with prefix_pad."
+            )
         if shared_prefix >= input_ids.shape[1]:
-            raise ValueError(f"shared_prefix={shared_prefix} leaves no suffix in a batch of width {input_ids.shape[1]}.")
+            raise ValueError(
+                f"shared_prefix={shared_prefix} leaves no suffix in a batch of width {input_ids.shape[1]}."
+            )
         head = slice(0, shared_prefix)
-        model(input_ids=input_ids[:1, head], attention_mask=attention_mask[:1, head],
-              position_ids=position_ids[:1, head], cache=cache, use_cache=True, **keep_last)
+        model(
+            input_ids=input_ids[:1, head],
+            attention_mask=attention_mask[:1, head],
+            position_ids=position_ids[:1, head],
+            cache=cache,
+            use_cache=True,
+            **keep_last,
+        )
         cache.batch_repeat_interleave(rows)
-    return model(input_ids=input_ids[:, shared_prefix:], attention_mask=attention_mask,
-                 position_ids=position_ids[:, shared_prefix:], cache=cache, use_cache=True, **keep_last).logits
+    return model(
+        input_ids=input_ids[:, shared_prefix:],
+        attention_mask=attention_mask,
+        position_ids=position_ids[:, shared_prefix:],
+        cache=cache,
+        use_cache=True,
+        **keep_last,
+    ).logits
 
 
 @torch.no_grad()
@@ -175,6 +196,11 @@ def greedy_decode_pruned(
             attention_mask, last_position = attention_mask[keep], last_position[keep]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=-1)
         last_position = last_position + 1
-        logits = model(input_ids=next_tokens[:, None], attention_mask=attention_mask, position_ids=last_position,
-                       cache=cache, use_cache=True).logits
+        logits = model(
+            input_ids=next_tokens[:, None],
+            attention_mask=attention_mask,
+            position_ids=last_position,
+            cache=cache,
+            use_cache=True,
+        ).logits
     return results

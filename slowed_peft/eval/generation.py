@@ -184,8 +184,9 @@ def generate_ids(
             prefix = prefix if prefix >= MIN_SHARED_PREFIX else 0
             input_ids, mask = prefix_pad(batch, pad_id, prefix) if prefix else left_pad(batch, pad_id)
             if pruned:
-                new_tokens = greedy_decode_pruned(model, input_ids.to(device), mask.to(device), max_new_tokens, eos_ids,
-                                                  shared_prefix=prefix)
+                new_tokens = greedy_decode_pruned(
+                    model, input_ids.to(device), mask.to(device), max_new_tokens, eos_ids, shared_prefix=prefix
+                )
             else:
                 out = model.generate(
                     input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg

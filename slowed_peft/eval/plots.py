@@ -32,8 +32,11 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], 
 def plot_training(history: Sequence[Mapping[str, Any]], path: str, title: str = "") -> Optional[str]:
     """Loss, weight drift and masked fraction over steps from a trainer's ``log_history``; returns ``path``."""
     plt = _pyplot()
-    panels = [("loss", "training loss"), ("slowed/drift_max", "max relative drift ‖W−W0‖/‖W0‖"),
-              ("lem/masked_fraction", "masked fraction of label tokens")]
+    panels = [
+        ("loss", "training loss"),
+        ("slowed/drift_max", "max relative drift ‖W−W0‖/‖W0‖"),
+        ("lem/masked_fraction", "masked fraction of label tokens"),
+    ]
     panels = [(k, label) for k, label in panels if _series(history, k)[0]]
     if not panels:
         return None
@@ -71,8 +74,9 @@ def plot_before_after(metrics: Mapping[str, tuple[float, float]], path: str, tit
     return path
 
 
-def plot_over_steps(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[tuple[str, str]], path: str,
-                    title: str = "") -> Optional[str]:
+def plot_over_steps(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[tuple[str, str]], path: str, title: str = ""
+) -> Optional[str]:
     """One panel per ``(record key, label)``, one line per run ``{name: checkpoint records}``; returns ``path``."""
     plt = _pyplot()
     keys = [(k, label) for k, label in keys if any(k in r for recs in runs.values() for r in recs)]
@@ -92,8 +96,14 @@ def plot_over_steps(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Seque
     return path
 
 
-def plot_tradeoff(paths: Mapping[str, Sequence[Mapping[str, Any]]], points: Mapping[str, Mapping[str, Any]],
-                  path: str, x: tuple[str, str], panels: Sequence[tuple[str, str]], title: str = "") -> str:
+def plot_tradeoff(
+    paths: Mapping[str, Sequence[Mapping[str, Any]]],
+    points: Mapping[str, Mapping[str, Any]],
+    path: str,
+    x: tuple[str, str],
+    panels: Sequence[tuple[str, str]],
+    title: str = "",
+) -> str:
     """Reasoning-vs-safety plane: one line per run through its checkpoint records (``paths``), one marker per
     end-of-run record (``points``); one panel per ``(key, label)`` in ``panels`` against ``x = (key, label)``."""
     plt = _pyplot()
@@ -103,13 +113,13 @@ def plot_tradeoff(paths: Mapping[str, Sequence[Mapping[str, Any]]], points: Mapp
             pts = [(r[x[0]], r[key]) for r in records if r.get(x[0]) is not None and r.get(key) is not None]
             if pts:
                 line = ax.plot(*zip(*pts), marker="o", markersize=3, label=name)[0]
-                ax.annotate(name, pts[-1], textcoords="offset points", xytext=(4, 4), fontsize=7,
-                            color=line.get_color())
+                ax.annotate(
+                    name, pts[-1], textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color()
+                )
         for name, record in points.items():
             if record.get(x[0]) is not None and record.get(key) is not None:
                 ax.scatter([record[x[0]]], [record[key]], marker="x", s=40)
-                ax.annotate(name, (record[x[0]], record[key]), textcoords="offset points", xytext=(4, -10),
-                            fontsize=7)
+                ax.annotate(name, (record[x[0]], record[key]), textcoords="offset points", xytext=(4, -10), fontsize=7)
         ax.invert_xaxis()  # training moves right: lower NLL = more of the teacher learned
         ax.set_xlabel(x[1])
         ax.set_ylabel(label)

@@ -83,5 +83,6 @@ def annotate_rows(dataset: Dataset, rows: Optional[list[int]], model: nn.Module,
     for index, values in zip(rows, annotated[ENTROPY_COLUMN]):
         column[index] = values
     fingerprint = hashlib.blake2b(f"{dataset._fingerprint}|{annotated._fingerprint}".encode(), digest_size=16)
-    return dataset.add_column(ENTROPY_COLUMN, column, new_fingerprint=fingerprint.hexdigest(),
-                              feature=Sequence(Value("float32")))
+    return dataset.add_column(
+        ENTROPY_COLUMN, column, new_fingerprint=fingerprint.hexdigest(), feature=Sequence(Value("float32"))
+    )

@@ -129,8 +129,9 @@ class EntropyMaskingCollator(DataCollatorForLanguageModeling):
         if entropies is None:
             with torch.no_grad():
                 device = next(self.model.parameters()).device
-                ent = model_token_entropy(self.model, batch["input_ids"].to(device),
-                                          batch["attention_mask"].to(device)).cpu()
+                ent = model_token_entropy(
+                    self.model, batch["input_ids"].to(device), batch["attention_mask"].to(device)
+                ).cpu()
         else:
             ent = torch.full(labels.shape, float("nan"), dtype=torch.float32)
             for i, row in enumerate(entropies):

@@ -65,8 +65,12 @@ class SLowEDSFTConfig(SFTConfig):
         if self.entropy_source not in ENTROPY_SOURCES:
             raise ValueError(f"`entropy_source` must be one of {ENTROPY_SOURCES}; got {self.entropy_source!r}.")
         if self.masking_enabled:
-            validate_masking_args(self.entropy_threshold, self.entropy_quantile, self.entropy_min_kept,
-                                  "SLowEDSFTConfig (entropy_threshold / entropy_quantile)")
+            validate_masking_args(
+                self.entropy_threshold,
+                self.entropy_quantile,
+                self.entropy_min_kept,
+                "SLowEDSFTConfig (entropy_threshold / entropy_quantile)",
+            )
         elif not isinstance(self.entropy_min_kept, int) or self.entropy_min_kept < 0:
             raise ValueError(f"`entropy_min_kept` must be an integer >= 0; got {self.entropy_min_kept!r}.")
 

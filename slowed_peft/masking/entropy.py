@@ -118,8 +118,9 @@ def model_token_entropy(
     if not _plain_lm_head(inner):
         labels = input_ids.masked_fill(attention_mask == 0, -100)
         with fused_entropy_head(model):
-            out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True,
-                        use_cache=False)
+            out = model(
+                input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True, use_cache=False
+            )
         ent[:, 1:] = out.entropy.float().to(ent.device)
         ent[:, 1:][~out.label_mask.to(ent.device)] = float("nan")
         return ent

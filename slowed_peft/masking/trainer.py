@@ -43,7 +43,9 @@ class SLowEDTrainer(SFTTrainer):
         if args is not None and not isinstance(args, SLowEDSFTConfig):
             raise TypeError(f"SLowEDTrainer expects args of type SLowEDSFTConfig; got {type(args).__name__}.")
         if args is None:
-            name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "model")
+            name = (
+                model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "model")
+            )
             args = SLowEDSFTConfig(f"{str(name).split('/')[-1]}-SLowED")
         self._initial_masking = args.masking_enabled and args.entropy_source == "initial"
         if self._initial_masking and kwargs.get("data_collator") is not None:
@@ -102,8 +104,13 @@ class SLowEDTrainer(SFTTrainer):
             inputs["output_router_logits"] = True
         outputs = model(**inputs, fused_lm_head=True)
         label_mask = outputs.label_mask
-        drop = low_entropy_mask(outputs.entropy.detach(), label_mask, self.args.entropy_threshold,
-                                self.args.entropy_quantile, self.args.entropy_min_kept)
+        drop = low_entropy_mask(
+            outputs.entropy.detach(),
+            label_mask,
+            self.args.entropy_threshold,
+            self.args.entropy_quantile,
+            self.args.entropy_min_kept,
+        )
         keep = label_mask & ~drop
         per_token_loss = -outputs.log_probs * keep
         if self.args.loss_type == "dft":

@@ -126,4 +126,3 @@ def apply_arm_to_training_args(args: SLowEDArguments, training_args: SLowEDSFTCo
         logger.warning(f"arm={args.arm} trains without Low-Entropy Masking; ignoring entropy_threshold/quantile.")
         training_args.entropy_threshold = training_args.entropy_quantile = None
     return training_args
-

@@ -40,8 +40,10 @@ def resolve_config(name_or_path: str) -> str:
 
 
 def config_help() -> str:
-    return (f"--config NAME_OR_PATH: a YAML file of defaults (CLI flags override them) or a shipped config: "
-            f"{', '.join(shipped_configs())}.")
+    return (
+        f"--config NAME_OR_PATH: a YAML file of defaults (CLI flags override them) or a shipped config: "
+        f"{', '.join(shipped_configs())}."
+    )
 
 
 class SLowEDParser(TrlParser):
@@ -54,8 +56,11 @@ class SLowEDParser(TrlParser):
     def parse_args_and_config(self, args: Optional[Iterable[str]] = None, **kwargs):
         import sys
 
-        args = [part for arg in (sys.argv[1:] if args is None else args)
-                for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
+        args = [
+            part
+            for arg in (sys.argv[1:] if args is None else args)
+            for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])
+        ]
         if "--config" in args:
             i = args.index("--config") + 1
             if i < len(args):

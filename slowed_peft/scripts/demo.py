@@ -67,8 +67,9 @@ def format_rows(rows: Sequence[tuple[str, object, object]]) -> str:
 def run(argv: Optional[Sequence[str]] = None) -> dict:
     """Parse ``argv`` (default ``sys.argv[1:]``; unknown flags go to the training step), run the demo, print the
     before/after table; returns the report that ``report.json`` holds."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=config_help())
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=config_help()
+    )
     ap.add_argument("--config", default=DEFAULT_CONFIG, help="recipe config of the training step (name or YAML path)")
     ap.add_argument("--output_dir", default="outputs/demo")
     ap.add_argument("--eval_limit", type=int, default=16, help="demo test problems / prompts per set")
@@ -93,17 +94,23 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     )
     if training_args.max_steps > 0 and training_args.logging_steps > training_args.max_steps:
         training_args.logging_steps = 1  # a short run still logs the steps its training curves are drawn from
-    eval_args = EvalArguments(model_name_or_path=model_args.model_name_or_path, tasks=["demo"],
-                              safety_sets=["probes", "benign"], limit=args.eval_limit, batch_size=8,
-                              max_new_tokens=args.max_new_tokens)
+    eval_args = EvalArguments(
+        model_name_or_path=model_args.model_name_or_path,
+        tasks=["demo"],
+        safety_sets=["probes", "benign"],
+        limit=args.eval_limit,
+        batch_size=8,
+        max_new_tokens=args.max_new_tokens,
+    )
 
     from ..base_models import load_model
 
     print(f"[1/3] evaluating the base model {model_args.model_name_or_path} ...")
     base, tokenizer = load_model(model_args.model_name_or_path)
     base_responses: dict[str, list[str]] = {}
-    before = evaluate_model(base.eval(), tokenizer, eval_args, name=model_args.model_name_or_path,
-                            responses_out=base_responses)
+    before = evaluate_model(
+        base.eval(), tokenizer, eval_args, name=model_args.model_name_or_path, responses_out=base_responses
+    )
     before.save(str(out / "eval_before.json"))
     del base
 
@@ -113,8 +120,9 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
 
     print("[3/3] evaluating the distilled model ...")
     eval_args.adapter = str(adapter_dir)
-    after = evaluate_model(trainer.model.eval(), tokenizer, eval_args, name=model_args.model_name_or_path,
-                           initial_responses=base_responses)  # the base model's responses: no regeneration
+    after = evaluate_model(
+        trainer.model.eval(), tokenizer, eval_args, name=model_args.model_name_or_path, initial_responses=base_responses
+    )  # the base model's responses: no regeneration
     after.save(str(out / "eval_after.json"))
 
     rows = summary_rows(before, after, history)
@@ -123,8 +131,14 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     print("\n" + table + f"\n\nwall time {minutes:.1f} min; adapter: {adapter_dir}")
     numeric = {name: (b, a) for name, b, a in rows if isinstance(b, float) and isinstance(a, float)}
     plot_before_after(numeric, str(out / "before_after.png"), title=f"SLowED demo ({model_args.model_name_or_path})")
-    report = {"before": before.to_dict(), "after": after.to_dict(), "arm": slowed_args.arm,
-              "table": [list(r) for r in rows], "wall_time_min": minutes, "adapter": str(adapter_dir)}
+    report = {
+        "before": before.to_dict(),
+        "after": after.to_dict(),
+        "arm": slowed_args.arm,
+        "table": [list(r) for r in rows],
+        "wall_time_min": minutes,
+        "adapter": str(adapter_dir),
+    }
     with open(out / "report.json", "w") as f:
         json.dump(report, f, indent=2, default=str)
     return report

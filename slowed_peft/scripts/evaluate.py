@@ -47,7 +47,9 @@ class EvalArguments:
         default_factory=lambda: ["probes", "benign"], metadata={"help": f"Any of {SAFETY_SETS}."}
     )
     limit: Optional[int] = field(default=None, metadata={"help": "First N examples per task / prompt set."})
-    data_dir: Optional[str] = field(default=None, metadata={"help": "Benchmark data folder (default $SLOWED_DATA_DIR)."})
+    data_dir: Optional[str] = field(
+        default=None, metadata={"help": "Benchmark data folder (default $SLOWED_DATA_DIR)."}
+    )
     advbench_path: Optional[str] = field(default=None, metadata={"help": "AdvBench CSV / folder / Hub id."})
     max_new_tokens: int = field(default=192, metadata={"help": "Generation budget for reasoning answers."})
     safety_max_new_tokens: int = field(default=64, metadata={"help": "Generation budget for safety responses."})
@@ -121,8 +123,16 @@ def evaluate_model(
     safety = evaluate_safety_sets(model, tokenizer, sets, args, initial_responses, responses_out)
     file_tasks = [t for t in args.tasks if t != "demo"]
     examples = {"demo": demo_examples(args.limit)} if "demo" in args.tasks else None
-    reasoning = evaluate_reasoning(model, tokenizer, tasks=file_tasks, limit=args.limit, data_dir=args.data_dir,
-                                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, examples=examples)
+    reasoning = evaluate_reasoning(
+        model,
+        tokenizer,
+        tasks=file_tasks,
+        limit=args.limit,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        examples=examples,
+    )
     return EvalReport(model=name or args.model_name_or_path, adapter=args.adapter, safety=safety, reasoning=reasoning)
 
 

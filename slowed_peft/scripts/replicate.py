@@ -65,8 +65,13 @@ class ReplicateArguments:
     entropy_quantile: Optional[float] = field(default=None, metadata={"help": "q instead of τ."})
     entropy_source: str = field(default="live", metadata={"help": "live | initial (lem/slowed arms)."})
     eval_steps: int = field(default=8, metadata={"help": "Checkpoint evaluation every N steps."})
-    reasoning_every: int = field(default=4, metadata={"help": "SVAMP accuracy and benign false refusals on every "
-                                                               "n-th checkpoint (always at the first and last one)."})
+    reasoning_every: int = field(
+        default=4,
+        metadata={
+            "help": "SVAMP accuracy and benign false refusals on every "
+            "n-th checkpoint (always at the first and last one)."
+        },
+    )
     safety_limit: int = field(default=64, metadata={"help": "Held-out AdvBench prompts at checkpoints."})
     reasoning_limit: int = field(default=64, metadata={"help": "SVAMP test problems at checkpoints."})
     final_gsm8k: int = field(default=8, metadata={"help": "GSM8K test problems at the end of each main arm."})
@@ -76,8 +81,12 @@ class ReplicateArguments:
     safety_max_new_tokens: int = field(default=32, metadata={"help": "Response length scored for refusals."})
     eval_batch_size: int = field(default=64, metadata={"help": "Generation batch size."})
     seed: int = field(default=0, metadata={"help": "Seed of alignment, data order and training."})
-    resume: bool = field(default=True, metadata={"help": "Keep finished runs of a results.json with the same "
-                                                         "arguments in output_dir and only run the rest."})
+    resume: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep finished runs of a results.json with the same arguments in output_dir and only run the rest."
+        },
+    )
     align_epochs: float = field(default=1.0, metadata={"help": "Epochs of the alignment SFT."})
     align_harmful_limit: Optional[int] = field(default=80, metadata={"help": "AdvBench train prompts aligned on."})
 
@@ -100,9 +109,18 @@ class ReplicateArguments:
                 self.sweep_variants = list(QUICK_SWEEP)
 
     def align_arguments(self) -> AlignArguments:
-        quick = dict(arc_questions=0, benign_limit=16, eval_limit=8, benign_max_new_tokens=48, eval_batch_size=16) if self.quick else {}
-        return AlignArguments(model_name_or_path=self.model_name_or_path, seed=self.seed,
-                              num_train_epochs=self.align_epochs, harmful_limit=self.align_harmful_limit, **quick)
+        quick = (
+            dict(arc_questions=0, benign_limit=16, eval_limit=8, benign_max_new_tokens=48, eval_batch_size=16)
+            if self.quick
+            else {}
+        )
+        return AlignArguments(
+            model_name_or_path=self.model_name_or_path,
+            seed=self.seed,
+            num_train_epochs=self.align_epochs,
+            harmful_limit=self.align_harmful_limit,
+            **quick,
+        )
 
     def training_args(self, settings: dict[str, Any], output_dir: str, max_steps: int):
         """The trainer settings of one run (``settings`` from :meth:`run_settings`): the same for every arm."""
@@ -111,18 +129,28 @@ class ReplicateArguments:
 
         masks = ARMS[settings["arm"]].masks
         return study_training_args(
-            output_dir, seed=self.seed, data_seed=self.seed, max_steps=max_steps,
-            per_device_train_batch_size=self.batch_size, learning_rate=self.learning_rate,
-            lr_scheduler_type="constant", per_device_eval_batch_size=self.eval_batch_size,
+            output_dir,
+            seed=self.seed,
+            data_seed=self.seed,
+            max_steps=max_steps,
+            per_device_train_batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            lr_scheduler_type="constant",
+            per_device_eval_batch_size=self.eval_batch_size,
             entropy_threshold=settings["entropy_threshold"] if masks else None,
             entropy_quantile=settings["entropy_quantile"] if masks else None,
             entropy_source=settings["entropy_source"],
         )
 
     def run_settings(self, arm: str, **overrides: Any) -> dict[str, Any]:
-        settings = dict(arm=arm, slow_factor=self.slow_factor, max_drift=self.max_drift,
-                        entropy_threshold=self.entropy_threshold, entropy_quantile=self.entropy_quantile,
-                        entropy_source=self.entropy_source)
+        settings = dict(
+            arm=arm,
+            slow_factor=self.slow_factor,
+            max_drift=self.max_drift,
+            entropy_threshold=self.entropy_threshold,
+            entropy_quantile=self.entropy_quantile,
+            entropy_source=self.entropy_source,
+        )
         settings.update(overrides)
         return settings
 
@@ -146,9 +174,13 @@ def make_evaluator(args: ReplicateArguments, tokenizer):
     test_split = "test"
     nll_rows = distillation_rows(args.dataset_name, test_split, args.nll_limit).to_list()
     return CheckpointEvaluator(
-        tokenizer, harmful=sets["advbench"][: args.safety_limit], benign=sets["benign"][: args.safety_limit],
-        reasoning={"svamp": load_svamp("test", limit=args.reasoning_limit)}, nll_rows=nll_rows,
-        batch_size=args.eval_batch_size, reasoning_max_new_tokens=args.reasoning_max_new_tokens,
+        tokenizer,
+        harmful=sets["advbench"][: args.safety_limit],
+        benign=sets["benign"][: args.safety_limit],
+        reasoning={"svamp": load_svamp("test", limit=args.reasoning_limit)},
+        nll_rows=nll_rows,
+        batch_size=args.eval_batch_size,
+        reasoning_max_new_tokens=args.reasoning_max_new_tokens,
         safety_max_new_tokens=args.safety_max_new_tokens,
     )
 
@@ -160,15 +192,31 @@ def final_reasoning(model, tokenizer, args: ReplicateArguments) -> dict[str, dic
     out = {}
     for task, limit in limits.items():
         if limit:
-            out.update(evaluate_reasoning(model, tokenizer, tasks=[task], limit=limit,
-                                          batch_size=args.eval_batch_size,
-                                          max_new_tokens=192 if task == "gsm8k" else 128))
+            out.update(
+                evaluate_reasoning(
+                    model,
+                    tokenizer,
+                    tasks=[task],
+                    limit=limit,
+                    batch_size=args.eval_batch_size,
+                    max_new_tokens=192 if task == "gsm8k" else 128,
+                )
+            )
     return out
 
 
-def train_run(args: ReplicateArguments, student: str, settings: dict, evaluator, initial: dict, out_dir: Path,
-              max_steps: int, eval_steps: int, reasoning_every: int, reasoning_at_end: bool = True
-              ) -> tuple[Any, dict]:
+def train_run(
+    args: ReplicateArguments,
+    student: str,
+    settings: dict,
+    evaluator,
+    initial: dict,
+    out_dir: Path,
+    max_steps: int,
+    eval_steps: int,
+    reasoning_every: int,
+    reasoning_at_end: bool = True,
+) -> tuple[Any, dict]:
     """Train one arm / variant with checkpoint evaluation; returns ``(trainer, run record)``."""
     import torch
 
@@ -182,17 +230,31 @@ def train_run(args: ReplicateArguments, student: str, settings: dict, evaluator,
     model, tokenizer = load_model(student)
     training_args = args.training_args(settings, str(out_dir), max_steps)
     arm = SLowEDArguments(arm=settings["arm"], slow_factor=settings["slow_factor"], max_drift=settings["max_drift"])
-    callback = CheckpointEvalCallback(evaluator, eval_steps=eval_steps, reasoning_every=reasoning_every,
-                                      reasoning_at_end=reasoning_at_end, benign_every=reasoning_every)
+    callback = CheckpointEvalCallback(
+        evaluator,
+        eval_steps=eval_steps,
+        reasoning_every=reasoning_every,
+        reasoning_at_end=reasoning_at_end,
+        benign_every=reasoning_every,
+    )
     callback.records.append(dict(initial))
-    trainer = train_arm(arm, model, tokenizer, training_args,
-                        distillation_rows(args.dataset_name, "train", args.train_limit), callbacks=[callback])
+    trainer = train_arm(
+        arm,
+        model,
+        tokenizer,
+        training_args,
+        distillation_rows(args.dataset_name, "train", args.train_limit),
+        callbacks=[callback],
+    )
     history = trainer.state.log_history
     masked = [h["lem/masked_fraction"] for h in history if "lem/masked_fraction" in h]
-    record = {"settings": settings, "checkpoints": callback.records,
-              "train_loss": [(h["step"], h["loss"]) for h in history if "loss" in h],
-              "masked_fraction": sum(masked) / len(masked) if masked else 0.0,
-              "train_seconds": round(time.time() - started, 1)}
+    record = {
+        "settings": settings,
+        "checkpoints": callback.records,
+        "train_loss": [(h["step"], h["loss"]) for h in history if "loss" in h],
+        "masked_fraction": sum(masked) / len(masked) if masked else 0.0,
+        "train_seconds": round(time.time() - started, 1),
+    }
     return trainer, record
 
 
@@ -209,8 +271,14 @@ def run_all(args: ReplicateArguments) -> dict:
     print("[1/4] aligned student ...")
     student, alignment = align_student(args.align_arguments())
     print(format_report(alignment))
-    results: dict[str, Any] = {"args": asdict(args), "student": student, "alignment": alignment,
-                               "torch_threads": torch.get_num_threads(), "arms": {}, "sweep": {}}
+    results: dict[str, Any] = {
+        "args": asdict(args),
+        "student": student,
+        "alignment": alignment,
+        "torch_threads": torch.get_num_threads(),
+        "arms": {},
+        "sweep": {},
+    }
     previous = _load_previous(args, out)
     if previous:
         print(f"resuming: {len(previous['arms'])} arm(s) and {len(previous['sweep'])} sweep run(s) already done")
@@ -236,8 +304,17 @@ def run_all(args: ReplicateArguments) -> dict:
         if arm in results["arms"]:
             continue
         print(f"[3/4] arm {arm} ({i}/{len(args.arms)}) ...")
-        trainer, record = train_run(args, student, args.run_settings(arm), evaluator, initial, out / "runs" / arm,
-                                    args.max_steps, args.eval_steps, args.reasoning_every)
+        trainer, record = train_run(
+            args,
+            student,
+            args.run_settings(arm),
+            evaluator,
+            initial,
+            out / "runs" / arm,
+            args.max_steps,
+            args.eval_steps,
+            args.reasoning_every,
+        )
         record["final"] = final_reasoning(trainer.model, tokenizer, args)
         results["arms"][arm] = record
         del trainer  # the next run loads its own model; let this one go first
@@ -252,9 +329,18 @@ def run_all(args: ReplicateArguments) -> dict:
                 continue
             print(f"[4/4] sweep {name} ({i}/{len(names)}) ...")
             settings = args.run_settings(**SWEEP[name])
-            trainer, record = train_run(args, student, settings, evaluator, initial, out / "runs" / f"sweep{i}",
-                                        max_steps=steps, eval_steps=steps, reasoning_every=1,
-                                        reasoning_at_end=False)  # compared by NLL, refusal and KL
+            trainer, record = train_run(
+                args,
+                student,
+                settings,
+                evaluator,
+                initial,
+                out / "runs" / f"sweep{i}",
+                max_steps=steps,
+                eval_steps=steps,
+                reasoning_every=1,
+                reasoning_at_end=False,
+            )  # compared by NLL, refusal and KL
             results["sweep"][name] = record
             del trainer
             gc.collect()

@@ -39,20 +39,54 @@ def _final_acc(final: Mapping[str, Mapping[str, Any]], task: str) -> Optional[fl
 def arms_table(results: Mapping[str, Any]) -> str:
     """Arms × metrics at the end of training, with the aligned student as the first row."""
     initial = results["arms"][next(iter(results["arms"]))]["checkpoints"][0] if results["arms"] else None
-    header = ["arm", "AdvBench refusal ↑", "harmful KL ↓", "benign false refusal ↓", "SVAMP acc ↑", "GSM8K acc ↑",
-              "BBH bool acc ↑", "held-out CoT NLL ↓", "max drift", "masked frac", "min (train + evals)"]
+    header = [
+        "arm",
+        "AdvBench refusal ↑",
+        "harmful KL ↓",
+        "benign false refusal ↓",
+        "SVAMP acc ↑",
+        "GSM8K acc ↑",
+        "BBH bool acc ↑",
+        "held-out CoT NLL ↓",
+        "max drift",
+        "masked frac",
+        "min (train + evals)",
+    ]
     rows = []
     if initial is not None:
         f = results.get("initial_final", {})
-        rows.append(["aligned student (start)", initial["refusal_ratio"], 0.0, initial.get("false_refusal"),
-                     initial.get("acc/svamp"), _final_acc(f, "gsm8k"), _final_acc(f, "bbh:boolean_expressions"),
-                     initial.get("cot_nll"), 0.0, None, None])
+        rows.append(
+            [
+                "aligned student (start)",
+                initial["refusal_ratio"],
+                0.0,
+                initial.get("false_refusal"),
+                initial.get("acc/svamp"),
+                _final_acc(f, "gsm8k"),
+                _final_acc(f, "bbh:boolean_expressions"),
+                initial.get("cot_nll"),
+                0.0,
+                None,
+                None,
+            ]
+        )
     for arm, record in results["arms"].items():
         last, f = _last(record), record.get("final", {})
-        rows.append([arm, last["refusal_ratio"], last["harmful_kl"], last.get("false_refusal"),
-                     last.get("acc/svamp"), _final_acc(f, "gsm8k"), _final_acc(f, "bbh:boolean_expressions"),
-                     last.get("cot_nll"), last.get("drift_max"), record.get("masked_fraction"),
-                     f"{record['train_seconds'] / 60:.1f}"])
+        rows.append(
+            [
+                arm,
+                last["refusal_ratio"],
+                last["harmful_kl"],
+                last.get("false_refusal"),
+                last.get("acc/svamp"),
+                _final_acc(f, "gsm8k"),
+                _final_acc(f, "bbh:boolean_expressions"),
+                last.get("cot_nll"),
+                last.get("drift_max"),
+                record.get("masked_fraction"),
+                f"{record['train_seconds'] / 60:.1f}",
+            ]
+        )
     return _table(header, rows)
 
 
@@ -71,8 +105,19 @@ def steps_table(results: Mapping[str, Any], key: str = "refusal_ratio") -> str:
 
 def sweep_table(results: Mapping[str, Any], at_step: Optional[int] = None) -> str:
     """Sweep variants at their end and the main arms they vary at checkpoint ``at_step`` (same budget)."""
-    header = ["run", "γ", "ρ", "masking", "AdvBench refusal ↑", "harmful KL ↓", "false refusal ↓",
-              "SVAMP acc (checkpoint set) ↑", "held-out CoT NLL ↓", "max drift", "masked frac"]
+    header = [
+        "run",
+        "γ",
+        "ρ",
+        "masking",
+        "AdvBench refusal ↑",
+        "harmful KL ↓",
+        "false refusal ↓",
+        "SVAMP acc (checkpoint set) ↑",
+        "held-out CoT NLL ↓",
+        "max drift",
+        "masked frac",
+    ]
     rows = []
     runs = {**{f"{arm} (main)": r for arm, r in results["arms"].items()}, **results.get("sweep", {})}
     for name, record in runs.items():
@@ -80,13 +125,26 @@ def sweep_table(results: Mapping[str, Any], at_step: Optional[int] = None) -> st
         slow = s["arm"] in ("slow", "slowed")
         masking = "–"
         if s["arm"] in ("lem", "slowed"):
-            rule = f"q={s['entropy_quantile']}" if s.get("entropy_quantile") is not None else \
-                f"τ={s['entropy_threshold']}"
+            rule = (
+                f"q={s['entropy_quantile']}" if s.get("entropy_quantile") is not None else f"τ={s['entropy_threshold']}"
+            )
             masking = f"{rule}, {s['entropy_source']}"
         gamma, rho = (s["slow_factor"], s["max_drift"]) if slow else (1.0, None)
-        rows.append([name, f"{gamma:g}", "none" if rho is None else f"{rho:g}", masking,
-                     last["refusal_ratio"], last["harmful_kl"], last.get("false_refusal"), last.get("acc/svamp"),
-                     last.get("cot_nll"), last.get("drift_max"), record.get("masked_fraction")])
+        rows.append(
+            [
+                name,
+                f"{gamma:g}",
+                "none" if rho is None else f"{rho:g}",
+                masking,
+                last["refusal_ratio"],
+                last["harmful_kl"],
+                last.get("false_refusal"),
+                last.get("acc/svamp"),
+                last.get("cot_nll"),
+                last.get("drift_max"),
+                record.get("masked_fraction"),
+            ]
+        )
     return _table(header, rows)
 
 
@@ -96,29 +154,60 @@ def write_report(results: Mapping[str, Any], out: Path) -> dict[str, Optional[st
 
     out = Path(out)
     curves = {arm: r["checkpoints"] for arm, r in results["arms"].items()}
-    steps_png = plot_over_steps(curves, [("refusal_ratio", "held-out AdvBench refusal ratio"),
-                                         ("harmful_kl", "harmful KL vs aligned student [nats/token]"),
-                                         ("cot_nll", "held-out rationale NLL"),
-                                         ("acc/svamp", "SVAMP accuracy (checkpoint set)")],
-                                str(out / "refusal_over_steps.png"), title="SLowED arms over training")
+    steps_png = plot_over_steps(
+        curves,
+        [
+            ("refusal_ratio", "held-out AdvBench refusal ratio"),
+            ("harmful_kl", "harmful KL vs aligned student [nats/token]"),
+            ("cot_nll", "held-out rationale NLL"),
+            ("acc/svamp", "SVAMP accuracy (checkpoint set)"),
+        ],
+        str(out / "refusal_over_steps.png"),
+        title="SLowED arms over training",
+    )
     sweep_points = {name: _last(r) for name, r in results.get("sweep", {}).items()}
-    tradeoff_png = plot_tradeoff(curves, sweep_points, str(out / "tradeoff.png"),
-                                 x=("cot_nll", "held-out rationale NLL (← less learned · more learned →)"),
-                                 panels=[("refusal_ratio", "held-out AdvBench refusal ratio"),
-                                         ("harmful_kl", "harmful KL vs aligned student")],
-                                 title="reasoning vs safety: arms through checkpoints (o), sweep runs (x)")
+    tradeoff_png = plot_tradeoff(
+        curves,
+        sweep_points,
+        str(out / "tradeoff.png"),
+        x=("cot_nll", "held-out rationale NLL (← less learned · more learned →)"),
+        panels=[("refusal_ratio", "held-out AdvBench refusal ratio"), ("harmful_kl", "harmful KL vs aligned student")],
+        title="reasoning vs safety: arms through checkpoints (o), sweep runs (x)",
+    )
     alignment = results["alignment"]
     parts = [
-        "## Aligned student", "",
-        _table(["held-out set", "base", "aligned", "n"], [
-            ["AdvBench refusal ratio", alignment["before"]["advbench"]["refusal_ratio"],
-             alignment["after"]["advbench"]["refusal_ratio"], alignment["after"]["advbench"]["n"]],
-            ["benign false refusals", alignment["before"]["benign"]["refusal_ratio"],
-             alignment["after"]["benign"]["refusal_ratio"], alignment["after"]["benign"]["n"]],
-        ]), "",
-        "## Arms after the same budget", "", arms_table(results), "",
-        "## Held-out refusal ratio over training steps", "", steps_table(results), "",
-        "## Harmful KL over training steps", "", steps_table(results, "harmful_kl"), "",
+        "## Aligned student",
+        "",
+        _table(
+            ["held-out set", "base", "aligned", "n"],
+            [
+                [
+                    "AdvBench refusal ratio",
+                    alignment["before"]["advbench"]["refusal_ratio"],
+                    alignment["after"]["advbench"]["refusal_ratio"],
+                    alignment["after"]["advbench"]["n"],
+                ],
+                [
+                    "benign false refusals",
+                    alignment["before"]["benign"]["refusal_ratio"],
+                    alignment["after"]["benign"]["refusal_ratio"],
+                    alignment["after"]["benign"]["n"],
+                ],
+            ],
+        ),
+        "",
+        "## Arms after the same budget",
+        "",
+        arms_table(results),
+        "",
+        "## Held-out refusal ratio over training steps",
+        "",
+        steps_table(results),
+        "",
+        "## Harmful KL over training steps",
+        "",
+        steps_table(results, "harmful_kl"),
+        "",
     ]
     if results.get("sweep"):
         steps = results.get("args", {}).get("sweep_steps")

@@ -44,12 +44,14 @@ def make_parser(subparsers=None) -> SLowEDParser:
 def load_datasets(script_args: SLowEDScriptArguments, training_args: SLowEDSFTConfig):
     """Train (and, when evaluation is on, test) split of the CoT source as TRL prompt-completion data."""
     common = dict(path=script_args.dataset_path, conversational=script_args.conversational)
-    train = load_cot_dataset(script_args.dataset_name, split=script_args.dataset_train_split,
-                             limit=script_args.dataset_limit, **common)
+    train = load_cot_dataset(
+        script_args.dataset_name, split=script_args.dataset_train_split, limit=script_args.dataset_limit, **common
+    )
     evaluation = None
     if training_args.eval_strategy != "no":
-        evaluation = load_cot_dataset(script_args.dataset_name, split=script_args.dataset_test_split,
-                                      limit=script_args.eval_limit, **common)
+        evaluation = load_cot_dataset(
+            script_args.dataset_name, split=script_args.dataset_test_split, limit=script_args.eval_limit, **common
+        )
     return train, evaluation
 
 
@@ -85,17 +87,32 @@ def main(
     _init_deepspeed_comm_for_zero3()
     model, tokenizer = load_model(model_args.model_name_or_path, dtype=model_args.dtype or "float32")
     train, evaluation = load_datasets(script_args, training_args)
-    trainer = train_arm(slowed_args, model, tokenizer, training_args, train, evaluation,
-                        resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer = train_arm(
+        slowed_args,
+        model,
+        tokenizer,
+        training_args,
+        train,
+        evaluation,
+        resume_from_checkpoint=training_args.resume_from_checkpoint,
+    )
     trainer.save_model(training_args.output_dir)
     history = trainer.state.log_history
     with open(os.path.join(training_args.output_dir, "log_history.json"), "w") as f:
         json.dump({"arm": slowed_args.arm, "log_history": history}, f, indent=2)
     if trainer.is_world_process_zero():
-        if plot_training(history, os.path.join(training_args.output_dir, "training_curves.png"),
-                         title=f"{slowed_args.arm}: {model_args.model_name_or_path}") is None:
-            logger.warning(f"No step was logged (logging_steps={training_args.logging_steps}, "
-                           f"global_step={trainer.state.global_step}); training_curves.png was not written.")
+        if (
+            plot_training(
+                history,
+                os.path.join(training_args.output_dir, "training_curves.png"),
+                title=f"{slowed_args.arm}: {model_args.model_name_or_path}",
+            )
+            is None
+        ):
+            logger.warning(
+                f"No step was logged (logging_steps={training_args.logging_steps}, "
+                f"global_step={trainer.state.global_step}); training_curves.png was not written."
+            )
     if push:
         push_adapter(trainer.model, hub_id, base_model_id=hub_id_for(model_args.model_name_or_path))
     return trainer

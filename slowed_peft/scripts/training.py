@@ -52,7 +52,14 @@ def study_training_args(output_dir: str, *, seed: int, **settings: Any) -> SLowE
     import torch
 
     defaults: dict[str, Any] = dict(
-        output_dir=output_dir, seed=seed, logging_steps=5, save_strategy="no", report_to="none", max_length=384,
-        bf16=False, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
+        output_dir=output_dir,
+        seed=seed,
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        max_length=384,
+        bf16=False,
+        use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=False,
     )
     return SLowEDSFTConfig(**{**defaults, **settings})

@@ -23,7 +23,11 @@ class WeightDrift(dict):
 
     def as_metrics(self, prefix: str = "slowed/") -> dict[str, float]:
         """Flat metrics for trainer logs: ``{prefix}drift_max``, ``{prefix}drift_mean``, ``{prefix}drift_row_max``."""
-        return {f"{prefix}drift_max": self.max, f"{prefix}drift_mean": self.mean, f"{prefix}drift_row_max": self.row_max}
+        return {
+            f"{prefix}drift_max": self.max,
+            f"{prefix}drift_mean": self.mean,
+            f"{prefix}drift_row_max": self.row_max,
+        }
 
 
 def _module_name(name: str) -> str:

@@ -73,13 +73,20 @@ def export_as_lora(
     from peft.tuners.lora.conversion import save_as_lora
 
     model = model_or_path if isinstance(model_or_path, nn.Module) else _load_peft_model(str(model_or_path), base_model)
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, SLowEDLayer) and adapter_name in m._adapter_names()}
+    layers = {
+        n: m for n, m in model.named_modules() if isinstance(m, SLowEDLayer) and adapter_name in m._adapter_names()
+    }
     if not layers:
         raise ValueError(f"export_as_lora: the model has no SLowED layers with adapter {adapter_name!r}.")
     if rank is None:
         ranks = {m.r[adapter_name] for m in layers.values()}
         rank = ranks.pop() if len(ranks) == 1 and None not in ranks else 0.99
-    if isinstance(rank, bool) or not isinstance(rank, (int, float)) or rank <= 0 or (isinstance(rank, float) and rank > 1):
+    if (
+        isinstance(rank, bool)
+        or not isinstance(rank, (int, float))
+        or rank <= 0
+        or (isinstance(rank, float) and rank > 1)
+    ):
         raise ValueError(f"export_as_lora: rank must be an int >= 1 or a float in (0, 1]; got rank={rank!r}.")
     if isinstance(rank, int):
         for name, m in layers.items():

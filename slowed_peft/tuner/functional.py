@@ -82,8 +82,15 @@ class DenseDeltaLinear(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = g2.sum(0)
         if len(deltas) == 1 and ctx.needs_input_grad[6]:  # the common case: scale folded into the product
-            return (grad_x, None, grad_bias, None, None, None,
-                    _single_delta_grad(x2, g2, deltas[0], ctx.scales[0], ctx.clipped[0], ctx.transposed))
+            return (
+                grad_x,
+                None,
+                grad_bias,
+                None,
+                None,
+                None,
+                _single_delta_grad(x2, g2, deltas[0], ctx.scales[0], ctx.clipped[0], ctx.transposed),
+            )
         grad_deltas = []
         grad_w = None
         for i, delta in enumerate(deltas):

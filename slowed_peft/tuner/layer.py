@@ -217,7 +217,6 @@ class SLowEDLayer(BaseTunerLayer):
         return [*self.slowed_delta.keys(), *self.slowed_A.keys()]
 
 
-
 def unsupported_layer_error(layer: nn.Module) -> ValueError:
     names = ", ".join(f"{t.__module__}.{t.__name__}" for t in SUPPORTED_LAYER_TYPES)
     return ValueError(
@@ -335,8 +334,9 @@ class Linear(nn.Module, SLowEDLayer):
         _OptimizerSteps.track()
         scales, clipped = [], []
         for a, d in zip(dense, deltas):
-            scale, clip = dense_scale(d, self._w0_norm(a, w0.device), self.slow_factor[a], self.max_drift[a],
-                                      self._row_dim(a))
+            scale, clip = dense_scale(
+                d, self._w0_norm(a, w0.device), self.slow_factor[a], self.max_drift[a], self._row_dim(a)
+            )
             scales.append(scale)
             clipped.append(clip)
         with torch.no_grad():
