@@ -63,7 +63,10 @@ def launch(nproc: int, config: str, out: Path, **flags) -> list[dict]:
 
 @pytest.mark.parametrize(
     "masking",
-    [{"entropy_source": "live", "entropy_quantile": 0.3}, {"entropy_source": "initial", "entropy_quantile": 0.5}],
+    [
+        {"entropy_source": "live", "entropy_quantile": 0.3},
+        pytest.param({"entropy_source": "initial", "entropy_quantile": 0.5}, marks=pytest.mark.slow),
+    ],
 )
 def test_two_processes_match_one_process(tmp_path, masking):
     model_dir = tmp_path / "tiny"
@@ -93,6 +96,7 @@ def deepspeed_config(tmp_path, stage: int) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # 2 x 2 DeepSpeed processes (~40 s); `make test-slow`
 @pytest.mark.parametrize("stage", [2])
 def test_deepspeed_zero_two_processes_match_one_process(tmp_path, stage):
     pytest.importorskip("deepspeed")

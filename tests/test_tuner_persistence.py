@@ -13,11 +13,12 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils.peft_types import PeftType
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 import slowed_peft
 from slowed_peft import SLowEDConfig
 
-from testing_utils import batch, build_tiny
+from testing_utils import FAMILIES, batch, build_tiny
 
 
 def trained(model, r=None, seed=0, **kw):
@@ -50,15 +51,20 @@ def test_save_writes_safetensors_and_config(tiny_model, tmp_path, r):
     assert loaded == expected
 
 
-def test_fresh_process_loads_with_import_and_fails_without(tiny_model, tmp_path):
-    model, base_path = tiny_model
-    pm = trained(model)
-    x = batch()
-    with torch.no_grad():
-        expected = pm(x).logits
-    out = tmp_path / "adapter"
-    pm.save_pretrained(out)
-    torch.save({"x": x, "logits": expected}, tmp_path / "expected.pt")
+def test_fresh_process_loads_with_import_and_fails_without(tmp_path):
+    """Every family's adapter loads in a fresh interpreter after ``import slowed_peft`` (PeftModel and
+    AutoPeftModelForCausalLM, same logits) and fails with ``KeyError: 'SLOWED'`` without it (one process each)."""
+    cases = []
+    for family in FAMILIES:
+        base_path = tmp_path / f"tiny-{family}"
+        pm = trained(build_tiny(family, base_path))
+        x = batch()
+        with torch.no_grad():
+            logits = pm(x).logits
+        out = tmp_path / f"adapter-{family}"
+        pm.save_pretrained(out)
+        torch.save({"x": x, "logits": logits}, tmp_path / f"expected-{family}.pt")
+        cases.append((str(base_path), str(out), str(tmp_path / f"expected-{family}.pt")))
     script = textwrap.dedent(
         f"""
         import os, sys, torch
@@ -67,18 +73,18 @@ def test_fresh_process_loads_with_import_and_fails_without(tiny_model, tmp_path)
             import slowed_peft
         from peft import AutoPeftModelForCausalLM, PeftModel
         from transformers import AutoModelForCausalLM
-        ref = torch.load({str(tmp_path / "expected.pt")!r})
-        base = AutoModelForCausalLM.from_pretrained({base_path!r})
-        a = PeftModel.from_pretrained(base, {str(out)!r})
-        b = AutoPeftModelForCausalLM.from_pretrained({str(out)!r})
-        with torch.no_grad():
-            for m in (a, b):
-                torch.testing.assert_close(m(ref["x"]).logits, ref["logits"], atol=1e-6, rtol=0)
-        print("OK")
+        for base_path, adapter, expected in {cases!r}:
+            ref = torch.load(expected)
+            a = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), adapter)
+            b = AutoPeftModelForCausalLM.from_pretrained(adapter)
+            with torch.no_grad():
+                for m in (a, b):
+                    torch.testing.assert_close(m(ref["x"]).logits, ref["logits"], atol=1e-6, rtol=0)
+            print("OK", adapter)
         """
     )
     ok = subprocess.run([sys.executable, "-c", script, "with"], capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr[-2000:]
+    assert ok.returncode == 0 and ok.stdout.count("OK") == len(FAMILIES), ok.stderr[-2000:]
     bad = subprocess.run([sys.executable, "-c", script, "without"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "KeyError: 'SLOWED'" in bad.stderr  # documented in the README
 
@@ -130,36 +136,50 @@ def test_registration_is_idempotent_and_leaves_lora_working(tiny_llama):
     assert lora.peft_config["default"].peft_type == PeftType.LORA
 
 
-@pytest.mark.parametrize("r", [None, 4])
-def test_export_as_lora_is_loadable_by_peft_alone(tiny_model, tmp_path, r):
-    model, base_path = tiny_model
-    pm = trained(model, r=r)
+def test_export_as_lora_is_loadable_by_peft_alone(tmp_path):
+    """Dense and low-rank adapters of every family export to plain LoRA that a process without slowed_peft loads
+    with the same logits (one fresh interpreter for all eight exports)."""
     x = batch()
-    with torch.no_grad():
-        expected = pm(x).logits
-    report = slowed_peft.export_as_lora(pm, tmp_path / "lora", rank=r or 1.0)
-    assert report.max_rel_error < 1e-3  # own rank (low-rank) or ~all energy (dense): exact up to SVD rounding
-    cfg = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
-    assert cfg["peft_type"] == "LORA"
+    torch.save(x, tmp_path / "x.pt")
+    cases = []
+    for family in FAMILIES:
+        base_path = tmp_path / f"tiny-{family}"
+        build_tiny(family, base_path)
+        for r in (None, 4):
+            pm = trained(AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).eval(), r=r)
+            with torch.no_grad():
+                torch.save(pm(x).logits, tmp_path / f"expected-{family}-{r}.pt")
+            lora = tmp_path / f"lora-{family}-{r}"
+            report = slowed_peft.export_as_lora(pm, lora, rank=r or 1.0)
+            assert report.max_rel_error < 1e-3  # own rank (low-rank) or ~all energy (dense): exact up to SVD rounding
+            assert json.loads((lora / "adapter_config.json").read_text())["peft_type"] == "LORA"
+            cases.append((str(base_path), str(lora), str(tmp_path / f"lora-logits-{family}-{r}.pt")))
+            if r is None and family == "llama":  # a truncated export reports a non-zero error honestly
+                low = slowed_peft.export_as_lora(pm, tmp_path / "lora_low", rank=1)
+                assert 0.05 < low.max_rel_error < 1.0
     script = textwrap.dedent(
         f"""
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
-        base = AutoModelForCausalLM.from_pretrained({base_path!r})
-        m = PeftModel.from_pretrained(base, {str(tmp_path / "lora")!r})
-        with torch.no_grad():
-            torch.save(m(torch.load({str(tmp_path / "x.pt")!r})).logits, {str(tmp_path / "lora_logits.pt")!r})
+        x = torch.load({str(tmp_path / "x.pt")!r})
+        for base_path, lora, out in {cases!r}:
+            m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), lora)
+            with torch.no_grad():
+                torch.save(m(x).logits, out)
         """
     )
-    torch.save(x, tmp_path / "x.pt")
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "slowed_peft" not in res.stderr
-    torch.testing.assert_close(torch.load(tmp_path / "lora_logits.pt"), expected, atol=1e-3, rtol=0)
-    if r is None:  # a truncated export reports a non-zero error honestly
-        low = slowed_peft.export_as_lora(pm, tmp_path / "lora_low", rank=1)
-        assert 0.05 < low.max_rel_error < 1.0
+    for family in FAMILIES:
+        for r in (None, 4):
+            torch.testing.assert_close(
+                torch.load(tmp_path / f"lora-logits-{family}-{r}.pt"),
+                torch.load(tmp_path / f"expected-{family}-{r}.pt"),
+                atol=1e-3,
+                rtol=0,
+            )
 
 
 # --------------------------------------------------------------------------------------------------- bad input
