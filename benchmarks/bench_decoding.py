@@ -8,7 +8,7 @@ All arms decode the same prompts in one batch, alternating in one process (media
 table reports time ratios and whether every continuation is token-for-token identical to ``generate``'s (to the
 pruned arm's with ``--no_generate``). Sets: held-out AdvBench behaviours (32 new tokens, as the refusal checks), SVAMP
 test problems (128 new tokens, as the checkpoint accuracy) and BBH boolean_expressions with its 3-shot prompt (128
-new tokens, as the replication's final check). Needs the data folder (``SLOWED_DATA_DIR`` or ``../shared/data``).
+new tokens, as the replication's final check). Needs the data folder in ``$SLOWED_DATA_DIR``.
 """
 
 from __future__ import annotations
