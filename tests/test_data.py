@@ -195,7 +195,7 @@ def test_package_reads_no_folder_it_was_not_given(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "work")
     monkeypatch.delenv("SLOWED_DATA_DIR", raising=False)
     assert data_dir() is None
-    from slowed_peft.eval import load_gsm8k as eval_gsm8k
+    from slowed_peft.eval import gsm8k_examples as eval_gsm8k
 
     for load in (lambda: data_dir(required=True), lambda: load_cot_dataset("gsm8k"), lambda: eval_gsm8k()):
         with pytest.raises(ValueError, match="SLOWED_DATA_DIR") as err:
@@ -208,9 +208,9 @@ def test_package_reads_no_folder_it_was_not_given(tmp_path, monkeypatch):
 
 def test_training_and_evaluation_loaders_read_the_same_rows(tmp_path):
     """The data loaders and the eval loaders of the same names share one reader per file: same questions/answers."""
-    from slowed_peft.eval import load_bbh as eval_bbh
-    from slowed_peft.eval import load_gsm8k as eval_gsm8k
-    from slowed_peft.eval import load_svamp as eval_svamp
+    from slowed_peft.eval import bbh_examples as eval_bbh
+    from slowed_peft.eval import gsm8k_examples as eval_gsm8k
+    from slowed_peft.eval import svamp_examples as eval_svamp
     from slowed_peft.eval.tasks import numeric_prompt
 
     write_jsonl(tmp_path / "gsm8k" / "test.jsonl", GSM8K_ROWS)
@@ -494,11 +494,11 @@ def test_real_data_dir_row_counts():
         assert_answer_lines(ds)
     if "gsm8k" in present:
         assert len(load_cot_dataset("gsm8k", split="test", limit=3, conversational=True)) == 3
-        from slowed_peft.eval import load_gsm8k as eval_gsm8k
+        from slowed_peft.eval import gsm8k_examples as eval_gsm8k
 
         assert [e.answer for e in eval_gsm8k("test", limit=40)] == load_gsm8k(split="test", limit=40)["answer"]
     if "svamp" in present:
-        from slowed_peft.eval import load_svamp as eval_svamp
+        from slowed_peft.eval import svamp_examples as eval_svamp
 
         scored = eval_svamp("test")
         assert [e.answer for e in scored] == load_svamp(split="test", keep_unparsed=True)["answer"]

@@ -22,8 +22,11 @@ from slowed_peft.eval import (  # noqa: E402
     HARMFUL_PROBES,
     EvalReport,
     ReasoningExample,
+    agieval_examples,
+    arc_examples,
     available_tasks,
     bbh_answer_format,
+    bbh_examples,
     bbh_match,
     compare_table,
     eval_equation,
@@ -34,19 +37,16 @@ from slowed_peft.eval import (  # noqa: E402
     format_prompts,
     format_value,
     generate_batched,
+    gsm8k_examples,
     harmful_kl,
     is_refusal,
     load_advbench,
-    load_agieval,
-    load_arc,
-    load_bbh,
-    load_gsm8k,
-    load_svamp,
     load_task,
     numbers_match,
     refusal_ratio,
     score_outputs,
     split_advbench,
+    svamp_examples,
 )
 
 
@@ -274,34 +274,34 @@ def data_root(tmp_path):
 
 
 def test_loaders_on_fixture_files(data_root):
-    bbh = load_bbh("boolean_expressions", data_root)
+    bbh = bbh_examples("boolean_expressions", data_root)
     assert len(bbh) == 2 and bbh[0].answer == "True" and bbh[0].kind == "bbh"
     assert bbh[0].prompt.startswith("Evaluate boolean expressions.") and "CANARY" not in bbh[0].prompt
     assert bbh[0].prompt.endswith("\n\nQ: True and not False is\nA: Let's think step by step.")
-    arc = load_arc(data_dir=data_root)
+    arc = arc_examples(data_dir=data_root)
     assert [e.answer for e in arc] == ["B", "2"] and arc[1].labels == ("1", "2")
     assert "(A) ice\n(B) steam" in arc[0].prompt and arc[0].prompt.rstrip().endswith(
         '"So the answer is (X)." where X is the label of the correct choice.'
     )
-    agi = load_agieval("lsat-lr", data_root)[0]
+    agi = agieval_examples("lsat-lr", data_root)[0]
     assert agi.answer == "C" and agi.labels == tuple("ABCDE") and agi.choices[2] == "green"
     assert agi.prompt.startswith("A short passage.") and "(C) green" in agi.prompt
-    assert load_gsm8k(data_dir=data_root)[0].answer == "1234"
-    assert [e.answer for e in load_svamp(data_dir=data_root)] == ["6", "0.75"]
+    assert gsm8k_examples(data_dir=data_root)[0].answer == "1234"
+    assert [e.answer for e in svamp_examples(data_dir=data_root)] == ["6", "0.75"]
     assert len(load_task("bbh:boolean_expressions", data_root, limit=1)) == 1
 
 
 def test_loader_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "gsm8k" / "test.jsonl")):
-        load_gsm8k(data_dir=tmp_path)
+        gsm8k_examples(data_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="boolean_expressions.json"):
-        load_bbh("boolean_expressions", tmp_path)
+        bbh_examples("boolean_expressions", tmp_path)
     with pytest.raises(ValueError, match="Accepted: gsm8k, svamp, arc.*bbh:boolean_expressions"):
         load_task("gsm9k", tmp_path)
     with pytest.raises(ValueError, match="Unknown reasoning task 'mmlu'"):
         evaluate_reasoning(None, None, tasks=["mmlu"], data_dir=tmp_path)
     with pytest.raises(ValueError, match="expected one of"):
-        load_agieval("math", tmp_path)
+        agieval_examples("math", tmp_path)
     with pytest.raises(ValueError, match="Unsupported"):
         eval_equation("__import__('os').system('x')")
     with pytest.raises(ValueError, match="missing key"):
@@ -458,21 +458,21 @@ def _real_root():
 def test_real_data_layouts():
     root = _real_root()
     for task in BBH_TASKS:
-        exs = load_bbh(task, root)
+        exs = bbh_examples(task, root)
         assert exs and all(bbh_match(f"So the answer is {e.answer}.", e.answer) for e in exs)
         # every few-shot demonstration in the CoT prompt yields an answer in the task's format
         fmt = bbh_answer_format(exs[0].answer)
         demos = exs[0].prompt.split("\n\nQ: ")[1:-1]
         assert len(demos) == 3 and all(extract_bbh_answer(d, fmt) is not None for d in demos), task
-    arc = load_arc(data_dir=root)
+    arc = arc_examples(data_dir=root)
     assert len(arc) == 1172 and all(e.answer in e.labels for e in arc)
     for task in AGIEVAL_TASKS:
-        assert all(e.answer in e.labels for e in load_agieval(task, root))
-    gsm = load_gsm8k(data_dir=root, limit=50)
+        assert all(e.answer in e.labels for e in agieval_examples(task, root))
+    gsm = gsm8k_examples(data_dir=root, limit=50)
     assert all(re.fullmatch(r"-?\d+(\.\d+)?", e.answer) for e in gsm)  # a plain number, thousands commas dropped
     rows = [json.loads(line) for line in (root / "gsm8k" / "test.jsonl").open()][:50]
     assert all(numbers_match(extract_number(r["answer"]), float(e.answer)) for r, e in zip(rows, gsm, strict=True))
-    assert len(load_svamp(data_dir=root)) == 200
+    assert len(svamp_examples(data_dir=root)) == 200
     goals = load_advbench(root / "advbench" / "harmful_behaviors.csv")
     assert len(goals) == 520 and len(load_advbench(split="test")) == 208
 

@@ -96,11 +96,11 @@ def test_arguments_are_validated_and_quick_mode_shrinks_everything():
 
 @pytest.mark.skipif(data_dir() is None, reason="needs the shared data folder")
 def test_distillation_rows_ask_the_evaluation_question():
-    from slowed_peft.eval.tasks import load_svamp
+    from slowed_peft.eval.tasks import svamp_examples
     from slowed_peft.scripts.replicate import distillation_rows
 
     rows = distillation_rows("svamp", "test", 3)
-    assert [r["prompt"][0]["content"] for r in rows] == [e.prompt for e in load_svamp("test", limit=3)]
+    assert [r["prompt"][0]["content"] for r in rows] == [e.prompt for e in svamp_examples("test", limit=3)]
     assert all(r["completion"][0]["content"].endswith(f"So the answer is {r['answer']}.") for r in rows)
 
 

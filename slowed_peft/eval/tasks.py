@@ -27,11 +27,11 @@ __all__ = [
     "ReasoningExample",
     "available_tasks",
     "expand_tasks",
-    "load_agieval",
-    "load_arc",
-    "load_bbh",
-    "load_gsm8k",
-    "load_svamp",
+    "agieval_examples",
+    "arc_examples",
+    "bbh_examples",
+    "gsm8k_examples",
+    "svamp_examples",
     "load_task",
     "mc_prompt",
     "numeric_prompt",
@@ -115,7 +115,9 @@ def numeric_prompt(question: str) -> str:
     return f"Question: {question.strip()}\n\n{NUMERIC_INSTRUCTION}"
 
 
-def load_bbh(task: str, data_dir: Union[str, Path, None] = None, limit: Optional[int] = None) -> list[ReasoningExample]:
+def bbh_examples(
+    task: str, data_dir: Union[str, Path, None] = None, limit: Optional[int] = None
+) -> list[ReasoningExample]:
     """BBH ``task`` with its 3-shot CoT prompt prepended, as the benchmark defines it.
 
     Prompt: ``<cot-prompt>\\n\\nQ: <input>\\nA: Let's think step by step.`` (the canary header above the ``-----``
@@ -133,7 +135,7 @@ def load_bbh(task: str, data_dir: Union[str, Path, None] = None, limit: Optional
     ]
 
 
-def load_arc(
+def arc_examples(
     split: str = "test", data_dir: Union[str, Path, None] = None, limit: Optional[int] = None
 ) -> list[ReasoningExample]:
     """ARC-Challenge ``split`` (``train``/``dev``/``test``) as zero-shot CoT multiple choice (labels A-E or 1-4)."""
@@ -146,7 +148,7 @@ def load_arc(
     return out
 
 
-def load_agieval(
+def agieval_examples(
     task: str, data_dir: Union[str, Path, None] = None, limit: Optional[int] = None
 ) -> list[ReasoningExample]:
     """AGIEval English multiple-choice ``task`` (options ``(A)...`` to ``(E)...``), zero-shot CoT."""
@@ -169,7 +171,7 @@ def load_agieval(
     return out
 
 
-def load_gsm8k(
+def gsm8k_examples(
     split: str = "test", data_dir: Union[str, Path, None] = None, limit: Optional[int] = None
 ) -> list[ReasoningExample]:
     """GSM8K ``split``; the gold number is what follows ``####`` in the reference solution."""
@@ -177,7 +179,7 @@ def load_gsm8k(
     return [ReasoningExample(numeric_prompt(r["question"]), r["answer"], "numeric") for r in rows]
 
 
-def load_svamp(
+def svamp_examples(
     split: str = "test", data_dir: Union[str, Path, None] = None, limit: Optional[int] = None
 ) -> list[ReasoningExample]:
     """SVAMP ``split`` from distilling-step-by-step (JSON lines ``{input, label}``; the label is an equation)."""
@@ -223,8 +225,8 @@ def load_task(
         raise ValueError(f"Unknown reasoning task {task!r}. Accepted: {', '.join(available_tasks())}.")
     family, _, sub = task.partition(":")
     if family == "bbh":
-        return load_bbh(sub, data_dir, limit)
+        return bbh_examples(sub, data_dir, limit)
     if family == "agieval":
-        return load_agieval(sub, data_dir, limit)
-    loader = {"gsm8k": load_gsm8k, "svamp": load_svamp, "arc": load_arc}[family]
+        return agieval_examples(sub, data_dir, limit)
+    loader = {"gsm8k": gsm8k_examples, "svamp": svamp_examples, "arc": arc_examples}[family]
     return loader("test", data_dir, limit)

@@ -168,7 +168,7 @@ def distillation_rows(name: str, split: str, limit: Optional[int]):
 
 def make_evaluator(args: ReplicateArguments, tokenizer):
     from ..eval.checkpoints import CheckpointEvaluator
-    from ..eval.tasks import load_svamp
+    from ..eval.tasks import svamp_examples
 
     sets = held_out_sets(args.align_arguments())
     test_split = "test"
@@ -177,7 +177,7 @@ def make_evaluator(args: ReplicateArguments, tokenizer):
         tokenizer,
         harmful=sets["advbench"][: args.safety_limit],
         benign=sets["benign"][: args.safety_limit],
-        reasoning={"svamp": load_svamp("test", limit=args.reasoning_limit)},
+        reasoning={"svamp": svamp_examples("test", limit=args.reasoning_limit)},
         nll_rows=nll_rows,
         batch_size=args.eval_batch_size,
         reasoning_max_new_tokens=args.reasoning_max_new_tokens,
