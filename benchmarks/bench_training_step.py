@@ -42,10 +42,9 @@ def child(model_path: str, arm: str, steps: int, config: dict) -> dict:
     from transformers import TrainerCallback
 
     from slowed_peft.base_models import load_model
-    from slowed_peft.masking.config import SLowEDSFTConfig
-    from slowed_peft.masking.trainer import SLowEDTrainer
-    from slowed_peft.scripts.arguments import SLowEDArguments, apply_arm_to_training_args, peft_config_for_arm
+    from slowed_peft.scripts.arguments import SLowEDArguments
     from slowed_peft.scripts.replicate import distillation_rows
+    from slowed_peft.scripts.training import study_training_args, train_arm
 
     class Timer(TrainerCallback):
         def __init__(self) -> None:
@@ -62,37 +61,30 @@ def child(model_path: str, arm: str, steps: int, config: dict) -> dict:
     torch.manual_seed(0)
     model, tokenizer = load_model(model_path)
     masks = arm in ("lem", "slowed")
-    training_args = SLowEDSFTConfig(
-        output_dir="/tmp/bench_training_step",
+    training_args = study_training_args(
+        "/tmp/bench_training_step",
+        seed=0,
+        data_seed=0,
         max_steps=steps,
         per_device_train_batch_size=4,
         learning_rate=1e-4,
         lr_scheduler_type="constant",
         logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=0,
-        data_seed=0,
-        max_length=384,
-        bf16=False,
         use_cpu=True,
         disable_tqdm=True,
         gradient_checkpointing=config["gradient_checkpointing"],
         entropy_threshold=0.5 if masks else None,
         entropy_source="live",
     )
-    slowed = SLowEDArguments(arm=arm)
-    apply_arm_to_training_args(slowed, training_args)
     timer = Timer()
-    trainer = SLowEDTrainer(
-        model=model,
-        args=training_args,
-        processing_class=tokenizer,
-        train_dataset=distillation_rows("svamp", "train", steps * 4),
-        peft_config=peft_config_for_arm(slowed),
+    trainer = train_arm(
+        SLowEDArguments(arm=arm),
+        model,
+        tokenizer,
+        training_args,
+        distillation_rows("svamp", "train", steps * 4),
         callbacks=[timer],
     )
-    trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"seconds": timer.seconds, "faults": timer.faults, "losses": losses}
 
