@@ -8,6 +8,7 @@ from peft.utils.peft_types import PeftType
 
 from .config import SLowEDConfig
 from .layer import Linear, SLowEDLayer
+from .loading import lenient_load
 from .model import SLowEDModel
 from .registration import register_peft_type
 
@@ -19,4 +20,4 @@ def register_slowed() -> PeftType:
 
 SLOWED = register_slowed()
 
-__all__ = ["SLOWED", "Linear", "SLowEDConfig", "SLowEDLayer", "SLowEDModel", "register_slowed"]
+__all__ = ["SLOWED", "Linear", "SLowEDConfig", "SLowEDLayer", "SLowEDModel", "lenient_load", "register_slowed"]

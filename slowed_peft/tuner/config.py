@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
@@ -12,6 +13,11 @@ from .registration import PEFT_TYPE_NAME, ensure_peft_type
 
 
 DRIFT_GRANULARITIES = ("matrix", "row")
+
+
+def _is_real(value: object) -> bool:
+    """A real number that is not a bool (``True`` is an ``int`` in Python, but never a meaningful γ or ρ)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -111,11 +117,14 @@ class SLowEDConfig(PeftConfig):
         if self.r is not None:
             if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
                 raise ValueError(f"`r` must be None (dense delta) or an integer >= 1; got r={self.r!r}.")
-        if not isinstance(self.slow_factor, (int, float)) or not (0.0 < float(self.slow_factor) <= 1.0):
-            raise ValueError(f"`slow_factor` must be in (0, 1]; got slow_factor={self.slow_factor!r}.")
+        if not _is_real(self.slow_factor) or not (0.0 < float(self.slow_factor) <= 1.0):
+            raise ValueError(f"`slow_factor` must be a number in (0, 1]; got slow_factor={self.slow_factor!r}.")
         if self.max_drift is not None:
-            if not isinstance(self.max_drift, (int, float)) or not (float(self.max_drift) > 0.0):
-                raise ValueError(f"`max_drift` must be > 0 or None; got max_drift={self.max_drift!r}.")
+            if not _is_real(self.max_drift) or not (0.0 < float(self.max_drift) < math.inf):
+                raise ValueError(
+                    f"`max_drift` must be a finite number > 0, or None to disable the trust region; got "
+                    f"max_drift={self.max_drift!r}."
+                )
         if self.drift_granularity not in DRIFT_GRANULARITIES:
             raise ValueError(
                 f"`drift_granularity` must be one of {DRIFT_GRANULARITIES}; got "

@@ -23,6 +23,7 @@ from .functional import (
     sq_norm,
     trust_region_scale,
 )
+from .merge import merge_within_bound, report_merge_loss
 
 
 SUPPORTED_LAYER_TYPES = (nn.Linear, Conv1D)
@@ -236,7 +237,10 @@ class Linear(nn.Module, SLowEDLayer):
 
     # ------------------------------------------------------------------------------------------------ merging
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
-        """Add the active adapters' ΔW into the base weight (the trust region holds in the merged weight too)."""
+        """Add the active adapters' ΔW into the base weight; the merged weight obeys the trust region after rounding.
+
+        See :func:`merge_within_bound`: rounding to the base dtype never takes ``W`` outside ``ρ‖W0‖`` of the weight it
+        merges into, and a merge that loses more than 10% of ΔW to that dtype warns (merge in float32 instead)."""
         adapter_names = check_adapters_to_merge(self, adapter_names)
         if not adapter_names:
             return
@@ -245,14 +249,12 @@ class Linear(nn.Module, SLowEDLayer):
             if name not in self._adapter_names():
                 continue
             with torch.no_grad():
-                delta = self.get_delta_weight(name).to(dtype=base.weight.dtype, device=base.weight.device)
-                if safe_merge:
-                    merged = base.weight.data + delta
-                    if not torch.isfinite(merged).all():
-                        raise ValueError(f"NaNs detected in the merged weights; adapter {name!r} seems to be broken.")
-                    base.weight.data = merged
-                else:
-                    base.weight.data.add_(delta)
+                delta = self.get_delta_weight(name).to(device=base.weight.device)
+                merged, lost = merge_within_bound(base.weight.data, delta, self.max_drift[name], self._row_dim(name))
+                if safe_merge and not torch.isfinite(merged).all():
+                    raise ValueError(f"NaNs detected in the merged weights; adapter {name!r} seems to be broken.")
+                base.weight.data.copy_(merged)
+            report_merge_loss(lost, base.weight.dtype)
             self.merged_adapters.append(name)
         self._weight_cache = None
 

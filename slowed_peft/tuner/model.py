@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
+from ..utils.checks import check_adapter_name
 from .config import SLowEDConfig
 from .layer import SUPPORTED_LAYER_TYPES, Linear, SLowEDLayer, unsupported_layer_error
+from .loading import check_keys, rebase_w0_norms
+from .merge import collect_merge_losses
 from .registration import PREFIX
 
 
@@ -21,6 +26,21 @@ class SLowEDModel(BaseTuner):
     prefix: str = PREFIX
     tuner_layer_cls = SLowEDLayer
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.copy()
+
+    def inject_adapter(self, model: torch.nn.Module, adapter_name: str, *args, **kwargs) -> None:
+        """PEFT's injection, after checking that ``adapter_name`` is safe as a folder name (``save_pretrained`` joins
+        it to the save directory)."""
+        check_adapter_name(adapter_name)
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+
+    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+        """PEFT's merge; one warning if rounding to the base dtype lost much of ΔW (see ``tuner/merge.py``)."""
+        with collect_merge_losses():
+            super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
+
+    def _unload_and_optionally_merge(self, *args, **kwargs):
+        with collect_merge_losses():
+            return super()._unload_and_optionally_merge(*args, **kwargs)
 
     def _create_and_replace(
         self,
@@ -52,7 +72,12 @@ class SLowEDModel(BaseTuner):
 
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
-        """PEFT's remapping plus a shape check that names the module and both shapes (instead of torch's error)."""
+        """PEFT's remapping plus SLowED's load checks, each naming modules and keys.
+
+        1. shapes: the module and both shapes (instead of torch's error);
+        2. keys: every adapter tensor of the model is in the file and vice versa (``loading.check_keys``);
+        3. ‖W0‖: the stored norms agree with the base in memory and are replaced by it (``loading.rebase_w0_norms``).
+        ``loading.lenient_load`` relaxes 2 and 3."""
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         own = model.state_dict()
         mismatches = [
@@ -68,4 +93,7 @@ class SLowEDModel(BaseTuner):
                 f"on another base model (adapter_config.json: base_model_name_or_path="
                 f"{config.base_model_name_or_path!r})?"
             )
+        source = f"base_model_name_or_path={config.base_model_name_or_path!r}"
+        check_keys(own, remapped, adapter_name, source)
+        rebase_w0_norms(model, remapped, adapter_name, source)
         return remapped

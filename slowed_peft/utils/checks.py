@@ -46,3 +46,25 @@ def check_adapter_weights_file(folder: str) -> None:
     path = os.path.join(folder, SAFETENSORS_NAME)
     if os.path.isfile(path):
         check_safetensors_file(path)
+
+
+def check_adapter_name(name: object) -> None:
+    """Raise ``ValueError`` naming ``name`` unless it is a plain, non-empty name that stays inside a folder.
+
+    PEFT's ``save_pretrained`` writes a non-default adapter to ``os.path.join(save_directory, adapter_name)``: an
+    absolute path, a path separator or ``..`` would write elsewhere (or overwrite another adapter).
+    """
+    problem = None
+    if not isinstance(name, str) or not name:
+        problem = "must be a non-empty string"
+    elif "/" in name or "\\" in name or (os.sep in name) or (os.altsep and os.altsep in name):
+        problem = "must not contain a path separator"
+    elif os.path.isabs(name) or os.path.splitdrive(name)[0]:
+        problem = "must not be an absolute path"
+    elif name in (".", "..") or "\x00" in name:
+        problem = "must not be '.', '..' or contain NUL"
+    if problem is not None:
+        raise ValueError(
+            f"Invalid adapter_name={name!r}: it {problem} (save_pretrained uses it as a sub-folder name). Use a plain "
+            "name such as 'safety' or 'run-2'."
+        )

@@ -1,0 +1,153 @@
+"""Checks run while an adapter's weights are loaded: whole adapters only, and a trust region taken from the W0 in memory.
+
+PEFT loads adapter weights with ``strict=False`` and only warns about missing keys, so an adapter for another
+architecture or with a config that does not match its tensors would load half-random. SLowED instead raises
+``ValueError`` naming the keys. The stored ``slowed_w0_norm`` is checked against the base weight in memory and then
+replaced by it: the bound ``‖W − W0‖ ≤ ρ‖W0‖`` is always relative to the W0 the adapter is applied to. Both checks can
+be relaxed for one load with :func:`lenient_load`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from collections.abc import Iterator
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .registration import PREFIX
+
+
+# Relative tolerance between the stored ‖W0‖ and the one of the base in memory. Casting the same weights to
+# bfloat16/float16 changes each element by at most 2^-8 relative, hence every norm by at most 0.39%; a larger
+# difference means another base (or an edited file).
+W0_NORM_RTOL = 5e-3
+
+_PEFT_PREFIX = "base_model.model."
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def lenient_load(partial: bool = False, other_base: bool = False) -> Iterator[None]:
+    """Relax SLowED's load checks inside the ``with`` block (this thread only); each relaxed check warns instead.
+
+    Args:
+        partial: load an adapter whose keys do not match the model's (missing keys keep their fresh initial values,
+            unexpected keys are dropped), e.g. an adapter trained on a deeper model of the same family.
+        other_base: load onto a base whose ‖W0‖ differs from the stored one by more than ``W0_NORM_RTOL`` (e.g. a
+            fine-tuned variant of the training base). The trust region is re-derived from the base in memory.
+
+    Example: ``with lenient_load(other_base=True): PeftModel.from_pretrained(finetuned_base, path)``.
+    """
+    previous = getattr(_state, "flags", (False, False))
+    _state.flags = (previous[0] or partial, previous[1] or other_base)
+    try:
+        yield
+    finally:
+        _state.flags = previous
+
+
+def _flags() -> tuple[bool, bool]:
+    return getattr(_state, "flags", (False, False))
+
+
+def _short(key: str) -> str:
+    return key.removeprefix(_PEFT_PREFIX)
+
+
+def _listing(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(_short(k)) for k in keys[:limit])
+    return shown + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _is_adapter_key(key: str, adapter_name: str) -> bool:
+    """Whether a model state-dict key belongs to adapter ``adapter_name`` (SLowED tensors or modules_to_save)."""
+    if f".{PREFIX}" in key and key.endswith(f".{adapter_name}"):
+        return True
+    return f".modules_to_save.{adapter_name}." in key
+
+
+def check_keys(own: dict[str, torch.Tensor], remapped: dict[str, torch.Tensor], adapter_name: str, source: str) -> None:
+    """Raise ``ValueError`` naming missing / unexpected keys unless ``lenient_load(partial=True)`` is active."""
+    unexpected = [k for k in remapped if k not in own and k.removeprefix(_PEFT_PREFIX) not in own]
+    present = set(remapped) | {k.removeprefix(_PEFT_PREFIX) for k in remapped}
+    missing = [k for k in own if _is_adapter_key(k, adapter_name) and k not in present]
+    if not missing and not unexpected:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s) (the model has them, the file does not): {_listing(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) (in the file, not in the model): {_listing(unexpected)}")
+    message = (
+        f"SLowED adapter {adapter_name!r} does not match this model ({source}): " + "; ".join(parts) + ". The file "
+        "belongs to another architecture, number of layers or target_modules, or its adapter_config.json (e.g. `r`) "
+        "does not describe its tensors."
+    )
+    if not _flags()[0]:
+        raise ValueError(
+            message + " To load the matching part only, wrap the call in `slowed_peft.tuner.lenient_load("
+            "partial=True)`."
+        )
+    warnings.warn(message + " Loading the matching part only (lenient_load(partial=True)).", UserWarning, stacklevel=4)
+
+
+@torch.no_grad()
+def rebase_w0_norms(model: nn.Module, remapped: dict[str, torch.Tensor], adapter_name: str, source: str) -> None:
+    """Check every stored ``slowed_w0_norm`` against the base weight in memory, then replace it by that norm.
+
+    A relative difference above ``W0_NORM_RTOL`` raises ``ValueError`` naming the module (or warns under
+    ``lenient_load(other_base=True)``). Layers whose base weight is on the meta device keep the stored norm.
+    """
+    from .layer import SLowEDLayer
+
+    suffix = f".{PREFIX}w0_norm.{adapter_name}"
+    worst: list[tuple[float, str, float, float]] = []
+    checked = 0
+    for key in list(remapped):
+        if not key.endswith(suffix):
+            continue
+        layer = _find_layer(model, key[: -len(suffix)])
+        if not isinstance(layer, SLowEDLayer) or adapter_name not in layer.drift_granularity:
+            continue
+        if layer.get_base_layer().weight.device.type == "meta":
+            continue
+        fresh = layer._initial_norm(adapter_name)
+        stored = remapped[key]
+        if tuple(stored.shape) != tuple(fresh.shape):
+            continue  # the shape check reports it
+        checked += 1
+        rel = (stored.float().cpu() - fresh.cpu()).abs() / fresh.cpu().clamp_min(1e-30)
+        rel = torch.where((fresh.cpu() == 0) & (stored.float().cpu() == 0), torch.zeros_like(rel), rel)
+        i = int(rel.argmax())
+        if float(rel.flatten()[i]) > W0_NORM_RTOL:
+            worst.append((float(rel.flatten()[i]), key, float(stored.flatten()[i]), float(fresh.flatten()[i])))
+        remapped[key] = fresh.to(device=stored.device)
+    if not worst:
+        return
+    worst.sort(reverse=True)
+    rel, key, stored, fresh = worst[0]
+    message = (
+        f"SLowED adapter {adapter_name!r} ({source}) was not trained on this base: its slowed_w0_norm of module "
+        f"{_short(key[: -len(suffix)])!r} is {stored:.6g} in the file but {fresh:.6g} for the base weight in memory "
+        f"(relative difference {rel:.2%}, tolerance {W0_NORM_RTOL:.2%}); {len(worst)} of {checked} modules differ. "
+        "Another base of the same shapes (or a fine-tuned one), or an edited file."
+    )
+    if not _flags()[1]:
+        raise ValueError(
+            message + " To apply it anyway, with the trust region taken from the weights in memory, wrap the call in "
+            "`slowed_peft.tuner.lenient_load(other_base=True)`."
+        )
+    warnings.warn(message + " The trust region now uses the ‖W0‖ of the weights in memory.", UserWarning, stacklevel=4)
+
+
+def _find_layer(model: nn.Module, path: str) -> Optional[nn.Module]:
+    for candidate in (path, path.removeprefix(_PEFT_PREFIX)):
+        try:
+            return model.get_submodule(candidate)
+        except AttributeError:
+            continue
+    return None
