@@ -9,10 +9,13 @@ goes to ``AutoModelForCausalLM`` / ``AutoTokenizer``: a local model folder, or a
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -99,6 +102,51 @@ def _is_complete(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
+STALE_TMP_SECONDS = 3600  # a temp folder of another machine older than this is a leftover (conversion takes ~30 s)
+
+
+def _tmp_prefix(target: Path) -> str:
+    """``.<alias>.tmp-<host>-<pid>-``: the owner of a conversion folder, so a later run can tell a leftover of a
+    killed conversion (its process is gone) from one in progress."""
+    host = "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
+    return f".{target.name}.tmp-{host}-{os.getpid()}-"
+
+
+def _is_leftover(folder: Path, host: str) -> bool:
+    """Whether a ``.<alias>.tmp-*`` folder belongs to no running conversion (dead process here, or old elsewhere)."""
+    parts = folder.name.rsplit(".tmp-", 1)[-1].split("-")
+    if len(parts) >= 3 and parts[-3] == host and parts[-2].isdigit():
+        pid = int(parts[-2])
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # exists but belongs to someone else
+            return False
+        return False
+    try:
+        return time.time() - folder.stat().st_mtime > STALE_TMP_SECONDS
+    except OSError:
+        return False
+
+
+def clean_conversion_leftovers(target: Path) -> list[Path]:
+    """Remove the temp folders a killed conversion of ``target`` left next to it; returns what was removed.
+
+    They are never read as a checkpoint (only ``target`` itself is), so this only frees their disk space.
+    """
+    host = _tmp_prefix(target).split(".tmp-", 1)[1].rsplit("-", 2)[0]
+    removed = []
+    for folder in sorted(target.parent.glob(f".{glob.escape(target.name)}.tmp-*")):
+        if folder.is_dir() and _is_leftover(folder, host):
+            logger.warning(f"Removing {folder}, left behind by an interrupted conversion.")
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def _convert(alias: str, target: Path) -> None:
     """GGUF -> safetensors checkpoint at ``target``, written to a sibling temp folder and moved in with ``os.replace``."""
     gguf = _gguf_path(alias)
@@ -108,7 +156,7 @@ def _convert(alias: str, target: Path) -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), dir=target.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -128,6 +176,8 @@ def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = 
         return name_or_path
     target = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()) / name_or_path
     target = target.resolve()
+    if target.parent.is_dir():
+        clean_conversion_leftovers(target)
     if not _is_complete(target):
         if target.exists():
             logger.warning(f"Removing incomplete cached checkpoint {target} and converting again.")

@@ -70,12 +70,26 @@ def _slowed_config(model: Any) -> tuple[str, Any]:
     return name, config
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|#~<>&])")
+_HTML_ENTITIES = {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
+
+
+def _escape(text: Any) -> str:
+    """``text`` as inert markdown inside one table cell: whitespace runs (newlines included) become one space, and
+    pipes, backslashes, emphasis / link / heading characters are backslash-escaped and ``< > &`` written as HTML
+    entities, so a metric name such as ``"a | b\n# Title"`` can neither add a column or a row nor start a heading
+    or an HTML tag."""
+    flat = " ".join(str(text).split())
+    return _MARKDOWN_SPECIAL.sub(lambda m: _HTML_ENTITIES.get(m.group(1), "\\" + m.group(1)), flat)
+
+
 def _cell(value: Any) -> str:
-    """A metric of unknown scale in the card: 4 significant digits; ``None`` stays visible as ``None``."""
-    return format_value(value, significant=4, missing="None")
+    """A metric of unknown scale in the card: 4 significant digits; ``None`` stays visible as ``None``; escaped."""
+    return _escape(format_value(value, significant=4, missing="None"))
 
 
 def _metrics_table(metrics: Mapping[str, Any]) -> str:
+    """The card's metrics as a markdown table, one row per metric whatever its name or value holds (escaped)."""
     if any(isinstance(v, Mapping) for v in metrics.values()):
         cols: list[str] = []
         for v in metrics.values():
@@ -86,8 +100,9 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
         ]
     else:
         cols, rows = ["value"], [[k, _cell(v)] for k, v in metrics.items()]
-    lines = ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+    rows = [[_escape(r[0]), *r[1:]] for r in rows]
+    lines = ["| metric | " + " | ".join(_escape(c) for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def build_model_card(

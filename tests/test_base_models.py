@@ -7,6 +7,11 @@ Llama standing in for the GGUF loader, so it is fast.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -193,3 +198,37 @@ def test_local_model_folder(tmp_path):
     model, tok = load_model(str(path), dtype=torch.bfloat16)
     assert model.dtype == torch.bfloat16 and model.config.name_or_path == str(path)
     assert tok.pad_token == "</s>" and model.generation_config.pad_token_id == tok.pad_token_id
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _fake_leftover(cache: Path, name: str) -> Path:
+    """A folder shaped like a finished checkpoint, as a conversion killed after its save leaves it."""
+    folder = cache / name
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    return folder
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["first-run", "already-converted"])
+def test_killed_conversion_leftovers_are_removed_and_never_loaded(fake_gguf, tmp_path, cached):
+    cache = tmp_path / "cache"
+    if cached:
+        load_model(ALIAS, cache_dir=cache)
+    host = "".join(c if c.isalnum() else "_" for c in socket.gethostname())  # temp names: .<alias>.tmp-<host>-<pid>-
+    dead = _fake_leftover(cache, f".{ALIAS}.tmp-{host}-{_dead_pid()}-abc")
+    old_foreign = _fake_leftover(cache, f".{ALIAS}.tmp-otherhost-1-def")
+    os.utime(old_foreign, (time.time() - 10 * 86400,) * 2)  # ten days old
+    live_foreign = _fake_leftover(cache, f".{ALIAS}.tmp-otherhost-2-ghi")  # maybe converting right now
+    mine = _fake_leftover(cache, f".{ALIAS}.tmp-{host}-{os.getpid()}-jkl")
+    other_alias = _fake_leftover(cache, f".other.tmp-{host}-{_dead_pid()}-mno")
+    path = resolve_model_path(ALIAS, cache_dir=cache)
+    assert path == str((cache / ALIAS).resolve()) and models._is_complete(Path(path))
+    assert len(fake_gguf) == 1
+    assert not dead.exists() and not old_foreign.exists()
+    assert live_foreign.exists() and mine.exists() and other_alias.exists()

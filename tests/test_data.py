@@ -134,7 +134,7 @@ def test_column_mapping_question_rationale_answer():
 def test_from_columns_prompt_completion():
     ds = Dataset.from_list([{"input": "Add 5 and 7.", "output": "5 + 7 = 12. So the answer is 12."},
                             {"input": "Double 4.", "output": "4 * 2 = 8."}])  # fmt: skip
-    with pytest.raises(ValueError, match="Row 1"):  # no answer column and no final answer line
+    with pytest.raises(ValueError, match="row 2: the completion"):  # no answer column and no final answer line
         from_columns(ds, prompt_column="input", completion_column="output")
     out = from_columns(ds.select([0]), prompt_column="input", completion_column="output")
     assert out[0] == {"prompt": "Add 5 and 7.", "completion": " 5 + 7 = 12.\nSo the answer is 12.", "answer": "12"}

@@ -215,8 +215,8 @@ def test_collator_quantile_and_min_kept():
     floor = EntropyMaskingCollator(pad_token_id=0, threshold=10.0, min_kept=2)
     batch = floor([example([1, 2, 3, 4], [math.nan, 0.3, 0.9, 0.5]), example([1, 2], [math.nan, 0.2])])
     assert batch["labels"].tolist() == [[1, -100, 3, 4], [1, 2, -100, -100]]
-    nothing = EntropyMaskingCollator(pad_token_id=0, quantile=0.0)
-    assert nothing([example([1, 2, 3], [math.nan, 0.1, 0.2])])["labels"].tolist() == [[1, 2, 3]]
+    with pytest.raises(ValueError, match=r"quantile=0\.0"):  # it would mask nothing: almost surely a mistake
+        EntropyMaskingCollator(pad_token_id=0, quantile=0.0)
 
 
 def test_collator_truncates_entropy_with_input_ids():

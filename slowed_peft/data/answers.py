@@ -59,8 +59,11 @@ _EDGE_JUNK = " \t\n\"'`*_"
 def canonical_answer(answer: Any) -> str:
     """The gold answer as written into data: one stripped line, case kept, no trailing period.
 
-    ``ValueError`` naming the value when nothing is left (an empty answer cannot be learned or scored).
+    ``ValueError`` naming the value when nothing is left (an empty answer cannot be learned or scored), and for
+    ``None`` (a JSON ``null`` or an empty CSV cell), which would otherwise be trained as the text "None".
     """
+    if answer is None:
+        raise ValueError("Missing answer (null or empty cell); every row needs a gold answer.")
     text = " ".join(str(answer).split())
     if text.endswith("."):
         text = text[:-1].rstrip()

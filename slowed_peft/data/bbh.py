@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Optional, Union
@@ -13,7 +12,7 @@ from datasets import Dataset
 
 from .answers import ANSWER_PREFIX, canonical_answer
 from .formats import clip_limit, rows_to_dataset, to_prompt_completion
-from .readers import data_root, default_data_path, find_data_file
+from .readers import data_root, default_data_path, find_data_file, read_json_file, read_text
 
 
 PathLike = Union[str, Path]
@@ -37,13 +36,16 @@ def bbh_few_shot(text: str) -> str:
 def read_bbh_prompt(task: str, data_dir: Optional[PathLike] = None) -> str:
     """The 3-shot CoT prompt of BBH ``task`` without its canary header (see :func:`bbh_few_shot`)."""
     file = find_data_file(data_root(data_dir), *(f.format(task=task) for f in BBH_PROMPT_FILES))
-    return bbh_few_shot(file.read_text(encoding="utf-8"))
+    return bbh_few_shot(read_text(file))
 
 
 def read_bbh_examples(task: str, data_dir: Optional[PathLike] = None, limit: Optional[int] = None) -> list[dict]:
     """The first ``limit`` examples ``{"input", "target"}`` of BBH ``task``."""
     file = find_data_file(data_root(data_dir), *(f.format(task=task) for f in BBH_EXAMPLE_FILES))
-    examples = json.loads(file.read_text(encoding="utf-8"))["examples"]
+    data = read_json_file(file)
+    examples = data.get("examples") if isinstance(data, dict) else None
+    if not isinstance(examples, list):
+        raise ValueError(f"{file}: expected a JSON object with an 'examples' list.")
     return examples[: clip_limit(len(examples), limit)]
 
 
@@ -90,6 +92,9 @@ def load_bbh(
         raise FileNotFoundError(f"No BBH prompt files at {path} (tasks={tasks}).")
     rows = []
     for file in files:
-        for ex in parse_bbh_prompt(file.read_text(encoding="utf-8")):
-            rows.append(to_prompt_completion(ex["question"], ex["rationale"], ex["answer"], conversational))
+        try:
+            for ex in parse_bbh_prompt(read_text(file)):
+                rows.append(to_prompt_completion(ex["question"], ex["rationale"], ex["answer"], conversational))
+        except ValueError as err:
+            raise ValueError(err.args[0] if str(err).startswith(str(file)) else f"{file}: {err}") from err
     return rows_to_dataset(rows[: clip_limit(len(rows), limit)], "BBH exemplar set")

@@ -14,7 +14,7 @@ The completion always ends with the line ``So the answer is <answer>.`` (see :mo
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Optional
 
 from datasets import Dataset
@@ -91,6 +91,21 @@ def check_columns(ds: Dataset, required: Sequence[str]) -> None:
         raise ValueError("The dataset is empty: no rows to convert.")
 
 
+def map_rows(ds: Dataset, convert: Callable[[dict[str, Any]], dict[str, Any]]) -> Dataset:
+    """``ds.map(convert)`` replacing all columns; a bad row raises ``ValueError`` naming it (``row N``, 1-based).
+
+    Callers that know the file the rows came from prefix its name (and line) to the message.
+    """
+
+    def convert_row(example: dict[str, Any], idx: int) -> dict[str, Any]:
+        try:
+            return convert(example)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise ValueError(f"row {idx + 1}: {err}") from err
+
+    return ds.map(convert_row, with_indices=True, remove_columns=ds.column_names)
+
+
 def _message_text(value: Any, role: str) -> str:
     """Plain text from a string or a list of chat messages (the content of the last message with ``role``)."""
     if isinstance(value, str):
@@ -119,7 +134,7 @@ def from_columns(
         answer_column = "answer"
     check_columns(ds, [prompt_column, completion_column] + ([answer_column] if answer_column else []))
 
-    def convert(example: dict[str, Any], idx: int) -> dict[str, Any]:
+    def convert(example: dict[str, Any]) -> dict[str, Any]:
         prompt = _message_text(example[prompt_column], "user")
         completion = _message_text(example[completion_column], "assistant")
         if answer_column:
@@ -128,7 +143,7 @@ def from_columns(
             gold = extract_answer(completion)
             if gold is None:
                 raise ValueError(
-                    f"Row {idx}: the completion does not end with '{ANSWER_PREFIX} <answer>.' and no answer column "
+                    f"the completion does not end with '{ANSWER_PREFIX} <answer>.' and no answer column "
                     "was given (pass answer_column=...)."
                 )
         target = completion_text(completion, gold)
@@ -141,7 +156,7 @@ def from_columns(
         sep = "" if prompt[-1:].isspace() else " "
         return {"prompt": prompt, "completion": sep + target, "answer": canonical_answer(gold)}
 
-    return ds.map(convert, with_indices=True, remove_columns=ds.column_names)
+    return map_rows(ds, convert)
 
 
 def from_question_rationale_answer(
@@ -153,7 +168,7 @@ def from_question_rationale_answer(
 ) -> Dataset:
     """Convert any dataset with question / rationale / gold-answer columns (names mapped by the arguments)."""
     check_columns(ds, [question_column, rationale_column, answer_column])
-    return ds.map(
+    return map_rows(
+        ds,
         lambda ex: to_prompt_completion(ex[question_column], ex[rationale_column], ex[answer_column], conversational),
-        remove_columns=ds.column_names,
     )

@@ -13,8 +13,8 @@ from typing import Any, Optional, Union
 from datasets import Dataset
 
 from .answers import canonical_answer
-from .formats import check_columns, clip_limit, to_prompt_completion
-from .readers import data_root, find_data_file, read_json_lines, read_table_file
+from .formats import check_columns, clip_limit, map_rows, to_prompt_completion
+from .readers import data_root, find_data_file, read_json_lines_numbered, read_table_file, row_error, rows_of
 
 
 PathLike = Union[str, Path]
@@ -28,6 +28,8 @@ def parse_gsm8k_answer(solution: str) -> tuple[str, str]:
 
     Thousands separators are dropped from the answer (``1,080`` -> ``1080``).
     """
+    if not isinstance(solution, str):
+        raise ValueError(f"GSM8K solution must be a string ending with '#### <answer>', got {solution!r}.")
     body, sep, final = solution.rpartition("####")
     if not sep:
         raise ValueError(f"GSM8K solution has no '#### <answer>' line: {solution[-80:]!r}")
@@ -52,8 +54,15 @@ def read_gsm8k(
     limit: Optional[int] = None,
 ) -> list[dict[str, str]]:
     """The first ``limit`` GSM8K rows as ``{"question", "rationale", "answer"}`` dicts (see :func:`gsm8k_file`)."""
-    rows = read_json_lines(gsm8k_file(split, path, data_dir), limit)
-    return [dict(zip(("rationale", "answer"), parse_gsm8k_answer(r["answer"])), question=r["question"]) for r in rows]
+    file = gsm8k_file(split, path, data_dir)
+    rows = []
+    for line, row in read_json_lines_numbered(file, limit):
+        try:
+            rationale, answer = parse_gsm8k_answer(row["answer"])
+            rows.append({"rationale": rationale, "answer": answer, "question": row["question"]})
+        except (ValueError, KeyError) as err:
+            raise row_error(file, line, err) from err
+    return rows
 
 
 def gsm8k_to_prompt_completion(
@@ -66,7 +75,7 @@ def gsm8k_to_prompt_completion(
         rationale, answer = parse_gsm8k_answer(example[answer_column])
         return to_prompt_completion(example[question_column], rationale, answer, conversational)
 
-    return ds.map(convert, remove_columns=ds.column_names)
+    return map_rows(ds, convert)
 
 
 def load_gsm8k(
@@ -76,7 +85,9 @@ def load_gsm8k(
 
     The file is read as an Arrow table, so ``datasets`` caches this and every later ``map`` (tokenizing, entropy).
     """
-    ds = read_table_file(gsm8k_file(split, path))
+    file = gsm8k_file(split, path)
+    ds = read_table_file(file)
     if limit is not None:
         ds = ds.select(range(clip_limit(len(ds), limit)))
-    return gsm8k_to_prompt_completion(ds, conversational=conversational)
+    with rows_of(file):
+        return gsm8k_to_prompt_completion(ds, conversational=conversational)

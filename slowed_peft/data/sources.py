@@ -12,7 +12,6 @@ All loaders return prompt-completion datasets in the format of :mod:`slowed_peft
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -20,12 +19,20 @@ from typing import Optional, Union
 
 from datasets import Dataset
 
-from .answers import eval_arithmetic, format_number, truncate_at_new_question
+from .answers import canonical_answer, eval_arithmetic, format_number, truncate_at_new_question
 from .bbh import load_bbh
 from .demo import demo_cot_dataset
 from .formats import clip_limit, rows_to_dataset, to_prompt_completion
 from .gsm8k import load_gsm8k
-from .readers import data_root, default_data_path, find_data_file, read_json_lines
+from .readers import (
+    data_root,
+    default_data_path,
+    find_data_file,
+    read_json_file,
+    read_json_lines_numbered,
+    row_error,
+    rows_of,
+)
 from .tables import COLUMN_ARGS, convert_auto, load_table
 
 
@@ -59,10 +66,13 @@ def read_svamp(
         file = Path(path).expanduser() / f"svamp_{split}.json"
     else:
         file = find_data_file(data_root(data_dir), *(f.format(split=split) for f in SVAMP_GOLD_FILES))
-    return [
-        {"question": r["input"], "answer": svamp_answer(r["label"]), "equation": r["label"]}
-        for r in read_json_lines(file, limit)
-    ]
+    rows = []
+    for line, r in read_json_lines_numbered(file, limit):
+        try:
+            rows.append({"question": r["input"], "answer": svamp_answer(r["label"]), "equation": r["label"]})
+        except (ValueError, KeyError) as err:
+            raise row_error(file, line, err) from err
+    return rows
 
 
 def parse_teacher_output(output: str, marker: str) -> Optional[tuple[str, str]]:
@@ -86,18 +96,21 @@ def _load_teacher_outputs(folder: Path, split: str) -> list[str]:
         raise FileNotFoundError(f"No teacher rationales {folder / 'llm'}/{split}_CoT_*.json")
     outputs: list[str] = []
     for file in files:
-        with open(file, encoding="utf-8") as handle:
-            outputs.extend(json.load(handle))
+        chunk = read_json_file(file)
+        if not isinstance(chunk, list):
+            raise ValueError(f"{file}: expected a JSON array of teacher completions, got {type(chunk).__name__}.")
+        outputs.extend(chunk)
     return outputs
 
 
-def _load_distill(folder: Path, name: str, split: str) -> tuple[list[dict], list[str]]:
-    """The gold rows of ``{name}_{split}.json`` and the teacher outputs aligned with them."""
-    gold = read_json_lines(folder / f"{name}_{split}.json")
+def _load_distill(folder: Path, name: str, split: str) -> tuple[Path, list[tuple[int, dict]], list[str]]:
+    """The gold file ``{name}_{split}.json``, its ``(line, row)`` pairs and the teacher outputs aligned with them."""
+    file = folder / f"{name}_{split}.json"
+    gold = read_json_lines_numbered(file)
     outputs = _load_teacher_outputs(folder, split)
     if len(outputs) != len(gold):
         raise ValueError(f"{folder}: {len(gold)} {split} rows but {len(outputs)} teacher rationales.")
-    return gold, outputs
+    return file, gold, outputs
 
 
 def _svamp_teacher_value(label: str) -> Optional[float]:
@@ -124,23 +137,35 @@ def load_svamp(
     answer. ``limit`` then keeps the first rows.
     """
     folder = Path(path) if path is not None else default_data_path(SVAMP_SUBDIR)
-    gold, outputs = _load_distill(folder, "svamp", split)
+    file, gold, outputs = _load_distill(folder, "svamp", split)
     rows = []
-    for example, output in zip(gold, outputs, strict=True):
+    for (line, example), output in zip(gold, outputs, strict=True):
         parsed = parse_teacher_output(output, "The answer is")
         if parsed is None:
             if not keep_unparsed:
                 continue
             parsed = ("", "")
-        value = eval_arithmetic(example["label"])
-        if drop_incorrect:
-            teacher = _svamp_teacher_value(parsed[1])
-            if teacher is None or abs(teacher - value) > 1e-6:
-                continue
-        rows.append(to_prompt_completion(example["input"], parsed[0], format_number(value), conversational))
+        try:
+            value = eval_arithmetic(_required(example, "label"))
+            if drop_incorrect:
+                teacher = _svamp_teacher_value(parsed[1])
+                if teacher is None or abs(teacher - value) > 1e-6:
+                    continue
+            row = to_prompt_completion(example["input"], parsed[0], format_number(value), conversational)
+        except (ValueError, KeyError) as err:
+            raise row_error(file, line, err) from err
+        rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
     return rows_to_dataset(rows, f"SVAMP {split} set")
+
+
+def _required(example: dict, field: str) -> object:
+    """``example[field]``; ``ValueError`` naming the field when it is absent, ``null`` or empty."""
+    value = example.get(field)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f"field {field!r} is {'missing' if field not in example else repr(value)}; it is required.")
+    return value
 
 
 def cqa_question(question: str, choices: list[str]) -> str:
@@ -165,20 +190,25 @@ def load_cqa(
     ``drop_incorrect`` also drops those naming another choice.
     """
     folder = Path(path) if path is not None else default_data_path(CQA_SUBDIR)
-    gold, outputs = _load_distill(folder, "cqa", split)
+    file, gold, outputs = _load_distill(folder, "cqa", split)
     rows = []
-    for example, output in zip(gold, outputs, strict=True):
+    for (line, example), output in zip(gold, outputs, strict=True):
         parsed = parse_teacher_output(output, "So the answer is")
         if parsed is None:
             if not keep_unparsed:
                 continue
             parsed = ("", "")
-        if drop_incorrect:
-            teacher = re.sub(r"^\([a-j]\)\s*", "", parsed[1]).rstrip(".").strip()
-            if teacher.lower() != str(example["answer"]).strip().lower():
-                continue
-        question = cqa_question(example["question"], list(example["choices"]))
-        rows.append(to_prompt_completion(question, parsed[0], example["answer"], conversational))
+        try:
+            answer = canonical_answer(_required(example, "answer"))
+            if drop_incorrect:
+                teacher = re.sub(r"^\([a-j]\)\s*", "", parsed[1]).rstrip(".").strip()
+                if teacher.lower() != answer.lower():
+                    continue
+            question = cqa_question(example["question"], list(example["choices"]))
+            row = to_prompt_completion(question, parsed[0], answer, conversational)
+        except (ValueError, KeyError, TypeError) as err:
+            raise row_error(file, line, err) from err
+        rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
     return rows_to_dataset(rows, f"CQA {split} set")
@@ -233,4 +263,8 @@ def load_cot_dataset(
         table = load_table(source, split=split, subset=subset)
     if limit is not None:
         table = table.select(range(clip_limit(len(table), limit)))
-    return convert_auto(table, conversational=conversational, **column_mapping)
+    local = Path(str(path if key == "columns" else source)).expanduser()
+    if not local.exists():
+        return convert_auto(table, conversational=conversational, **column_mapping)
+    with rows_of(local):
+        return convert_auto(table, conversational=conversational, **column_mapping)

@@ -53,7 +53,7 @@ class EntropyMaskingCollator(DataCollatorForLanguageModeling):
         threshold (`float`, *optional*, defaults to `None`):
             Drop label tokens with entropy < `threshold` nats. Exactly one of threshold / quantile.
         quantile (`float`, *optional*, defaults to `None`):
-            Drop the lowest `quantile` fraction, in [0, 1), of the batch's candidate tokens (all processes'
+            Drop the lowest `quantile` fraction, in (0, 1), of the batch's candidate tokens (all processes'
             candidates under `torch.distributed`).
         min_kept (`int`, defaults to `1`):
             If masking would remove every label of an example, keep its `min_kept` highest-entropy ones.

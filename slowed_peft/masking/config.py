@@ -24,9 +24,10 @@ class SLowEDSFTConfig(SFTConfig):
 
     Args:
         entropy_threshold (`float`, *optional*, defaults to `None`):
-            Drop label tokens whose entropy is below this many nats. Exactly one of threshold / quantile.
+            Drop label tokens whose entropy is below this many nats (finite, >= 0). Exactly one of threshold /
+            quantile.
         entropy_quantile (`float`, *optional*, defaults to `None`):
-            Drop the lowest fraction, in [0, 1), of each (micro-)batch's label tokens by entropy.
+            Drop the lowest fraction, in (0, 1), of each (micro-)batch's label tokens by entropy.
         entropy_min_kept (`int`, defaults to `1`):
             Never drop all labels of an example: keep this many of its highest-entropy ones.
         entropy_source (`str`, defaults to `"live"`):

@@ -23,7 +23,10 @@ def token_entropy(logits: torch.Tensor, chunk_size: Optional[int] = None) -> tor
 
     Rows are processed ``chunk_size`` at a time (default: as many as fit 2^24 float32 elements), so a float32 copy of
     the whole ``[batch, seq, vocab]`` tensor is never built. bf16/fp16 inputs are upcast per chunk; ``-inf`` logits
-    (banned tokens) contribute 0. A row of all ``-inf`` has no distribution and gives NaN.
+    (banned tokens) contribute 0. Infinite logits take softmax's limit: a row with ``k`` logits at ``+inf`` is the
+    uniform distribution over those ``k`` tokens (every finite logit gets probability 0), so its entropy is
+    ``log k`` (0, a one-hot distribution, for a single ``+inf``) rather than the NaN of ``inf - inf``. A row of all
+    ``-inf``, or one with a NaN logit, has no distribution and gives NaN.
     """
     if logits.dim() == 0:
         raise ValueError("token_entropy expects logits with a vocabulary dimension; got a scalar.")
@@ -35,6 +38,10 @@ def token_entropy(logits: torch.Tensor, chunk_size: Optional[int] = None) -> tor
     parts = []
     for start in range(0, flat.shape[0], rows):
         z = flat[start : start + rows].float()
+        top = torch.isposinf(z)
+        if top.any():  # the limit of softmax: uniform over the +inf logits (a new tensor: never edit the input)
+            hit = top.any(-1, keepdim=True)
+            z = torch.where(hit, torch.where(top, 0.0, float("-inf")), z)
         log_p = torch.log_softmax(z, dim=-1)
         p = log_p.exp()
         parts.append(-(p * log_p.masked_fill(p == 0, 0.0)).sum(-1))
@@ -80,7 +87,8 @@ def _plain_lm_head(inner: nn.Module) -> bool:
 @torch.no_grad()
 def head_entropy(hidden: torch.Tensor, lm_head: nn.Module, chunk_size: Optional[int] = None) -> torch.Tensor:
     """Entropy of ``softmax(lm_head(hidden))`` for ``hidden`` of shape ``[N, H]``, projecting ``chunk_size`` rows at a
-    time into one reused buffer (one matmul, then in-place max-shift, exp and a batched dot per chunk)."""
+    time into one reused buffer (one matmul, then in-place max-shift, exp and a batched dot per chunk). Logits that
+    overflow to ``+inf`` follow :func:`token_entropy`'s rule (uniform over the ``+inf`` tokens)."""
     weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
     vocab, n = weight.shape[0], hidden.shape[0]
     rows = chunk_size or max(1, DEFAULT_CHUNK_ELEMENTS // vocab)
@@ -98,7 +106,12 @@ def head_entropy(hidden: torch.Tensor, lm_head: nn.Module, chunk_size: Optional[
         torch.exp(z, out=e)
         total = e.sum(-1)
         dot = torch.bmm(e.unsqueeze(1), z.unsqueeze(2)).view(-1)
-        out[start : start + k] = total.log() - dot / total
+        values = total.log() - dot / total
+        bad = torch.isnan(values)
+        if bad.any():  # rare: a logit overflowed to +inf (inf - inf above); redo those rows with its limit rule
+            rows_bad = hidden[start : start + k][bad].float() @ w
+            values[bad] = token_entropy(rows_bad + bias.float() if bias is not None else rows_bad)
+        out[start : start + k] = values
     return out.clamp_min(0.0)
 
 

@@ -12,18 +12,34 @@ import torch
 import torch.distributed as dist
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def validate_masking_args(threshold: Optional[float], quantile: Optional[float], min_kept: int, owner: str) -> None:
-    """Exactly one of ``threshold`` (nats, >= 0) or ``quantile`` (in [0, 1)); ``min_kept`` >= 0."""
+    """Exactly one of ``threshold`` (finite nats, >= 0) or ``quantile`` (in the open interval (0, 1)); ``min_kept``
+    an integer >= 0. ``ValueError`` naming ``owner`` and the bad value otherwise.
+
+    Why the bounds: an infinite threshold masks every label (only the ``min_kept`` floor would train); quantile 0
+    masks nothing (no entropy is strictly below the minimum) and quantile 1 everything, so both are almost
+    certainly mistakes: leave masking off (neither set) for plain SFT.
+    """
     if (threshold is None) == (quantile is None):
         raise ValueError(
-            f"{owner}: set exactly one of `threshold` (nats) or `quantile` (fraction in [0, 1)); got "
+            f"{owner}: set exactly one of `threshold` (nats) or `quantile` (fraction in (0, 1)); got "
             f"threshold={threshold!r}, quantile={quantile!r}."
         )
-    if threshold is not None and (not isinstance(threshold, (int, float)) or math.isnan(threshold) or threshold < 0):
-        raise ValueError(f"{owner}: `threshold` must be a number of nats >= 0; got threshold={threshold!r}.")
-    if quantile is not None and (not isinstance(quantile, (int, float)) or not (0.0 <= quantile < 1.0)):
-        raise ValueError(f"{owner}: `quantile` must be in [0, 1); got quantile={quantile!r}.")
-    if not isinstance(min_kept, int) or min_kept < 0:
+    if threshold is not None and (not _is_number(threshold) or not math.isfinite(threshold) or threshold < 0):
+        raise ValueError(
+            f"{owner}: `threshold` must be a finite number of nats >= 0; got threshold={threshold!r} "
+            "(leave both threshold and quantile unset to train without masking)."
+        )
+    if quantile is not None and (not _is_number(quantile) or not (0.0 < quantile < 1.0)):
+        raise ValueError(
+            f"{owner}: `quantile` must be in the open interval (0, 1); got quantile={quantile!r} "
+            "(0 would mask nothing and 1 everything; leave both unset to train without masking)."
+        )
+    if not isinstance(min_kept, int) or isinstance(min_kept, bool) or min_kept < 0:
         raise ValueError(f"{owner}: `min_kept` must be an integer >= 0; got min_kept={min_kept!r}.")
 
 
@@ -46,7 +62,7 @@ def entropy_threshold(
     values = gather_candidates(entropy[candidates].float())
     if values.numel() == 0:
         return None
-    return float(torch.quantile(values, quantile)) if quantile > 0 else float(values.min())
+    return float(torch.quantile(values, quantile))
 
 
 def low_entropy_mask(
