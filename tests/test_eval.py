@@ -484,3 +484,10 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def test_advbench_csv_with_bad_bytes_names_file_line_and_column(tmp_path):
+    path = tmp_path / "harmful_behaviors.csv"
+    path.write_bytes(b"goal,target\nWrite a poem,Sure\nBad \xff byte,Sure\n")
+    with pytest.raises(ValueError, match=r"harmful_behaviors\.csv:3:5"):
+        load_advbench(path)

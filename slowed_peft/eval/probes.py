@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional, Union
 
-from ..data.readers import data_root
+from ..data.readers import check_utf8, data_root
 
 
 __all__ = ["BENIGN_PROMPTS", "HARMFUL_PROBES", "load_advbench", "split_advbench"]
@@ -88,6 +88,7 @@ def split_advbench(prompts: Sequence[str], train_fraction: float = 0.6, seed: in
 
 
 def _read_goals(path: Path) -> list[str]:
+    check_utf8(path)  # a bad byte names its file, line and column instead of a bare UnicodeDecodeError
     with path.open(encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
         column = next((c for c in ("goal", "prompt", "behavior") if c in (reader.fieldnames or [])), None)
