@@ -54,6 +54,13 @@ def _flags() -> tuple[bool, bool]:
     return getattr(_state, "flags", (False, False))
 
 
+def _refuse_unless_lenient(allowed: bool, message: str, how_to_allow: str, what_happens: str) -> None:
+    """Raise ``message`` + how to opt in; or, inside the matching :func:`lenient_load`, warn with what happens."""
+    if not allowed:
+        raise ValueError(f"{message} {how_to_allow}")
+    warnings.warn(f"{message} {what_happens}", UserWarning, stacklevel=5)
+
+
 def _short(key: str) -> str:
     return key.removeprefix(_PEFT_PREFIX)
 
@@ -87,12 +94,12 @@ def check_keys(own: dict[str, torch.Tensor], remapped: dict[str, torch.Tensor], 
         "belongs to another architecture, number of layers or target_modules, or its adapter_config.json (e.g. `r`) "
         "does not describe its tensors."
     )
-    if not _flags()[0]:
-        raise ValueError(
-            message + " To load the matching part only, wrap the call in `slowed_peft.tuner.lenient_load("
-            "partial=True)`."
-        )
-    warnings.warn(message + " Loading the matching part only (lenient_load(partial=True)).", UserWarning, stacklevel=4)
+    _refuse_unless_lenient(
+        _flags()[0],
+        message,
+        "To load the matching part only, wrap the call in `slowed_peft.tuner.lenient_load(partial=True)`.",
+        "Loading the matching part only (lenient_load(partial=True)).",
+    )
 
 
 @torch.no_grad()
@@ -136,12 +143,13 @@ def rebase_w0_norms(model: nn.Module, remapped: dict[str, torch.Tensor], adapter
         f"(relative difference {rel:.2%}, tolerance {W0_NORM_RTOL:.2%}); {len(worst)} of {checked} modules differ. "
         "Another base of the same shapes (or a fine-tuned one), or an edited file."
     )
-    if not _flags()[1]:
-        raise ValueError(
-            message + " To apply it anyway, with the trust region taken from the weights in memory, wrap the call in "
-            "`slowed_peft.tuner.lenient_load(other_base=True)`."
-        )
-    warnings.warn(message + " The trust region now uses the ‖W0‖ of the weights in memory.", UserWarning, stacklevel=4)
+    _refuse_unless_lenient(
+        _flags()[1],
+        message,
+        "To apply it anyway, with the trust region taken from the weights in memory, wrap the call in "
+        "`slowed_peft.tuner.lenient_load(other_base=True)`.",
+        "The trust region now uses the ‖W0‖ of the weights in memory.",
+    )
 
 
 def _find_layer(model: nn.Module, path: str) -> Optional[nn.Module]:
