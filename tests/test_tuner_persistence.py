@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -85,7 +86,10 @@ def test_fresh_process_loads_with_import_and_fails_without(tmp_path):
     )
     ok = subprocess.run([sys.executable, "-c", script, "with"], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0 and ok.stdout.count("OK") == len(FAMILIES), ok.stderr[-2000:]
-    bad = subprocess.run([sys.executable, "-c", script, "without"], capture_output=True, text=True, timeout=300)
+    no_hook = {**os.environ, "SLOWED_PEFT_NO_HOOK": "1"}  # the start-up hook would register it (tests/test_hook.py)
+    bad = subprocess.run(
+        [sys.executable, "-c", script, "without"], capture_output=True, text=True, timeout=300, env=no_hook
+    )
     assert bad.returncode != 0 and "KeyError: 'SLOWED'" in bad.stderr  # documented in the README
 
 
@@ -159,7 +163,7 @@ def test_export_as_lora_is_loadable_by_peft_alone(tmp_path):
                 assert 0.05 < low.max_rel_error < 1.0
     script = textwrap.dedent(
         f"""
-        import torch
+        import sys, torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
         x = torch.load({str(tmp_path / "x.pt")!r})
@@ -167,9 +171,11 @@ def test_export_as_lora_is_loadable_by_peft_alone(tmp_path):
             m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), lora)
             with torch.no_grad():
                 torch.save(m(x).logits, out)
+        assert "slowed_peft" not in sys.modules
         """
     )
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    no_hook = {**os.environ, "SLOWED_PEFT_NO_HOOK": "1"}  # plain peft, as for a user without this package
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=no_hook)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "slowed_peft" not in res.stderr
     for family in FAMILIES:
