@@ -10,7 +10,8 @@ same for every arm — no entropy masking), and the weight drift ``max ‖W − 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Optional
 
 import torch
@@ -162,7 +163,8 @@ class CheckpointEvalCallback(TrainerCallback):
 
     Records accumulate in ``self.records``; ``reasoning_every`` > 1 runs the (slow) reasoning generation only on
     every n-th checkpoint, and at the last step unless ``reasoning_at_end=False``; ``benign_every`` does the same
-    for the benign false-refusal check (always at the first and the last checkpoint).
+    for the benign false-refusal check (always at the first and the last checkpoint). ``weights(model)``, a context
+    manager, swaps in the weights to evaluate (``ParameterEMACallback.swapped`` for the EMA baseline).
     """
 
     def __init__(
@@ -173,6 +175,7 @@ class CheckpointEvalCallback(TrainerCallback):
         reasoning_at_end: bool = True,
         benign_every: int = 1,
         log=print,
+        weights: Optional[Callable[[Any], AbstractContextManager]] = None,
     ) -> None:
         for name, value in (
             ("eval_steps", eval_steps),
@@ -185,16 +188,18 @@ class CheckpointEvalCallback(TrainerCallback):
         self.reasoning_at_end, self.benign_every = reasoning_at_end, benign_every
         self.records: list[dict[str, Any]] = []
         self.log = log
+        self.weights = weights  # e.g. ParameterEMACallback.swapped: evaluate other weights than the trained ones
 
     def _run(self, model, step: int, last: bool) -> None:
         index = step // self.eval_steps
         at_end = last and self.reasoning_at_end
-        record = self.evaluator(
-            model,
-            step,
-            reasoning=at_end or (not last and index % self.reasoning_every == 0),
-            benign=last or index % self.benign_every == 0,
-        )
+        with self.weights(model) if self.weights is not None else nullcontext(model) as evaluated:
+            record = self.evaluator(
+                evaluated,
+                step,
+                reasoning=at_end or (not last and index % self.reasoning_every == 0),
+                benign=last or index % self.benign_every == 0,
+            )
         self.records.append(record)
         if self.log is not None:
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}

@@ -4,6 +4,7 @@ from .annotate import ENTROPY_COLUMN, annotate_entropy, tokenize_like_trl, weigh
 from .callbacks import SLowEDMetricsCallback, add_slowed_metrics, slowed_metrics
 from .collator import EntropyMaskingCollator, MaskingStats
 from .config import SLowEDSFTConfig
+from .ema import ParameterEMACallback
 from .entropy import fused_entropy_head, model_token_entropy, token_entropy
 from .selection import low_entropy_mask
 from .trainer import SLowEDTrainer
@@ -13,6 +14,7 @@ __all__ = [
     "ENTROPY_COLUMN",
     "EntropyMaskingCollator",
     "MaskingStats",
+    "ParameterEMACallback",
     "SLowEDMetricsCallback",
     "SLowEDSFTConfig",
     "SLowEDTrainer",

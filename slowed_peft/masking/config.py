@@ -11,6 +11,7 @@ from .selection import validate_masking_args
 
 
 ENTROPY_SOURCES = ("live", "initial")
+ENTROPY_NORMALIZATIONS = ("kept", "labels")
 
 
 @dataclass
@@ -34,6 +35,10 @@ class SLowEDSFTConfig(SFTConfig):
             `"live"`: entropy of the model being trained, from the same forward pass (no extra cost).
             `"initial"`: entropy of the model before training, computed once for the prepared dataset and applied
             by [`EntropyMaskingCollator`].
+        entropy_normalization (`str`, defaults to `"kept"`):
+            What the masked loss is divided by: `"kept"`, the number of kept label tokens (the mean over kept tokens),
+            or `"labels"`, the number of all label tokens (masked tokens only leave the gradient, the rest keep their
+            weight). `"labels"` needs `entropy_source="live"`.
         log_drift (`bool`, defaults to `True`):
             Log `slowed/drift_max` / `slowed/drift_mean` when the model carries SLowED adapters.
 
@@ -59,12 +64,24 @@ class SLowEDSFTConfig(SFTConfig):
     entropy_source: Literal["live", "initial"] = field(
         default="live", metadata={"help": "Whose entropy masks: 'live' (current model) or 'initial' (before training)."}
     )
+    entropy_normalization: Literal["kept", "labels"] = field(
+        default="kept", metadata={"help": "Divide the masked loss by the kept ('kept') or all ('labels') label tokens."}
+    )
     log_drift: bool = field(default=True, metadata={"help": "Log weight drift of SLowED adapters."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.entropy_source not in ENTROPY_SOURCES:
             raise ValueError(f"`entropy_source` must be one of {ENTROPY_SOURCES}; got {self.entropy_source!r}.")
+        if self.entropy_normalization not in ENTROPY_NORMALIZATIONS:
+            raise ValueError(
+                f"`entropy_normalization` must be one of {ENTROPY_NORMALIZATIONS}; got {self.entropy_normalization!r}."
+            )
+        if self.entropy_normalization == "labels" and self.entropy_source != "live":
+            raise ValueError(
+                "entropy_normalization='labels' needs entropy_source='live' (the 'initial' collator removes the "
+                "masked labels before the loss can count them)."
+            )
         if self.masking_enabled:
             validate_masking_args(
                 self.entropy_threshold,

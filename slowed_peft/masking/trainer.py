@@ -115,7 +115,8 @@ class SLowEDTrainer(SFTTrainer):
         per_token_loss = -outputs.log_probs * keep
         if self.args.loss_type == "dft":
             per_token_loss = per_token_loss * outputs.log_probs.exp().detach()
-        denom = keep.sum() if num_items_in_batch is None else num_items_in_batch
+        counted = label_mask if self.args.entropy_normalization == "labels" else keep
+        denom = counted.sum() if num_items_in_batch is None else num_items_in_batch
         loss = per_token_loss.sum() / torch.as_tensor(denom).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
@@ -162,7 +163,7 @@ class SLowEDTrainer(SFTTrainer):
     def _rescale_to_kept_tokens(self, model) -> None:
         """Turn the window's gradients from ``Σ kept NLL / #labels`` into ``Σ kept NLL / #kept`` (all processes)."""
         window, self._window = self._window, {"kept": 0, "labels": 0, "loss": 0.0}
-        if window["labels"] == 0:
+        if window["labels"] == 0 or self.args.entropy_normalization == "labels":  # already Σ kept NLL / #labels
             return
         counts = torch.tensor([window["kept"], window["labels"]], dtype=torch.float64, device=self.args.device)
         if self.accelerator.num_processes > 1:

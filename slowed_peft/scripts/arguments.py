@@ -11,7 +11,13 @@ its builder in :data:`ADAPTERS`).
     slowed  SLowED:                 Slow Tuning + Low-Entropy Masking
     full    every weight, no adapter, no masking (how ``slowed-align`` builds the aligned student)
 
-The first four train the same dense delta on the same layers, so they are comparable under one budget.
+and the baselines a user would pick instead of Slow Tuning (``slowed-frontier`` compares them at matched learning):
+
+    lora    PEFT LoRA (r = lora_r, alpha = lora_alpha, all-linear), no masking
+    ema     sft, evaluated and saved as the parameter-space EMA of its weights (decay ema_decay)
+    l2sp    sft with decoupled weight decay ``l2sp_strength`` on the dense delta D (pulls W toward W0)
+
+All but ``full`` and ``lora`` train the same dense delta on the same layers, so they are comparable under one budget.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ class Arm:
     adapter: Optional[str] = "slowed"
     slow: bool = False
     masks: bool = False
+    ema: bool = False
+    l2sp: bool = False
 
 
 ARMS: dict[str, Arm] = {
@@ -49,6 +57,9 @@ ARMS: dict[str, Arm] = {
     "lem": Arm("Low-Entropy Masking only", masks=True),
     "slowed": Arm("Slow Tuning + Low-Entropy Masking", slow=True, masks=True),
     "full": Arm("all weights, no adapter, no masking", adapter=None),
+    "lora": Arm("PEFT LoRA (r = lora_r, all-linear), no masking", adapter="lora"),
+    "ema": Arm("plain distillation, the parameter-space EMA of the weights evaluated and saved", ema=True),
+    "l2sp": Arm("plain distillation with weight decay l2sp_strength on the delta (toward W0)", l2sp=True),
 }
 ArmName = Literal[tuple(ARMS)]  # type: ignore[valid-type]  # the CLI choices of --arm are the rows of ARMS
 
@@ -86,10 +97,22 @@ class SLowEDArguments:
     slowed_target_modules: list[str] = field(
         default_factory=lambda: ["all-linear"], metadata={"help": "Modules to wrap ('all-linear' or names)."}
     )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (lora arm)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (lora arm)."})
+    ema_decay: float = field(default=0.95, metadata={"help": "EMA decay per optimizer step, in [0, 1) (ema arm)."})
+    l2sp_strength: float = field(
+        default=400.0, metadata={"help": "Decoupled weight decay on the delta (l2sp arm): W → W0 at lr·this per step."}
+    )
 
     def __post_init__(self) -> None:
         if self.arm not in ARMS:
             raise ValueError(f"`arm` must be one of {tuple(ARMS)}; got arm={self.arm!r}.")
+        if isinstance(self.lora_r, bool) or not isinstance(self.lora_r, int) or self.lora_r < 1:
+            raise ValueError(f"`lora_r` must be an integer >= 1; got lora_r={self.lora_r!r}.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must be in [0, 1); got ema_decay={self.ema_decay!r}.")
+        if not (self.l2sp_strength >= 0.0 and self.l2sp_strength < float("inf")):
+            raise ValueError(f"`l2sp_strength` must be finite and >= 0; got l2sp_strength={self.l2sp_strength!r}.")
 
 
 def slowed_adapter(args: SLowEDArguments) -> SLowEDConfig:
@@ -107,7 +130,22 @@ def slowed_adapter(args: SLowEDArguments) -> SLowEDConfig:
     )
 
 
-ADAPTERS: dict[str, Callable[[SLowEDArguments], PeftConfig]] = {"slowed": slowed_adapter}
+def lora_adapter(args: SLowEDArguments) -> PeftConfig:
+    """PEFT LoRA on the same layers (the "LoRA learns less and forgets less" baseline), no dropout."""
+    from peft import LoraConfig
+
+    targets = args.slowed_target_modules
+    target_modules = "all-linear" if targets in (["all-linear"], "all-linear") else list(targets)
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+ADAPTERS: dict[str, Callable[[SLowEDArguments], PeftConfig]] = {"slowed": slowed_adapter, "lora": lora_adapter}
 
 
 def peft_config_for_arm(args: SLowEDArguments) -> Optional[PeftConfig]:
@@ -117,7 +155,10 @@ def peft_config_for_arm(args: SLowEDArguments) -> Optional[PeftConfig]:
 
 
 def apply_arm_to_training_args(args: SLowEDArguments, training_args: SLowEDSFTConfig) -> SLowEDSFTConfig:
-    """Switch Low-Entropy Masking on (masking arms) or off (the others) in the trainer config, in place."""
+    """Switch Low-Entropy Masking on (masking arms) or off (the others), and L2-SP's weight decay on (l2sp arm), in
+    the trainer config, in place."""
+    if ARMS[args.arm].l2sp:
+        training_args.weight_decay = args.l2sp_strength
     masks = ARMS[args.arm].masks
     if masks and not training_args.masking_enabled:
         logger.info(f"arm={args.arm}: no entropy_threshold/quantile given, using {DEFAULT_ENTROPY_THRESHOLD} nats.")

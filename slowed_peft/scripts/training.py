@@ -8,11 +8,18 @@ from typing import Any, Optional, Union
 from transformers import PreTrainedModel, TrainerCallback
 
 from ..masking.config import SLowEDSFTConfig
+from ..masking.ema import ParameterEMACallback
 from ..masking.trainer import SLowEDTrainer
-from .arguments import SLowEDArguments, apply_arm_to_training_args, peft_config_for_arm
+from .arguments import ARMS, SLowEDArguments, apply_arm_to_training_args, peft_config_for_arm
 
 
-__all__ = ["study_training_args", "train_arm"]
+def ema_callback(trainer: SLowEDTrainer) -> Optional[ParameterEMACallback]:
+    """The EMA of an ``ema`` arm's trainer (None for other arms): its :meth:`~ParameterEMACallback.swapped`
+    evaluates the averaged weights during training."""
+    return next((c for c in trainer.callback_handler.callbacks if isinstance(c, ParameterEMACallback)), None)
+
+
+__all__ = ["ema_callback", "study_training_args", "train_arm"]
 
 
 def train_arm(
@@ -30,8 +37,14 @@ def train_arm(
     drift and masked fraction. Saving is the caller's (a script saves an adapter, the alignment a whole model).
 
     Without masking and without an adapter, ``SLowEDTrainer`` computes exactly ``SFTTrainer``'s loss and gradients.
+    An ``ema`` arm's trainer ends with the averaged weights in ``trainer.model`` (pass your own
+    ``ParameterEMACallback`` first in ``callbacks`` to evaluate the average during training, see
+    ``CheckpointEvalCallback(weights=ema.swapped)``); the ``l2sp`` arm sets ``training_args.weight_decay``.
     """
     apply_arm_to_training_args(arm, training_args)
+    callbacks = list(callbacks or [])
+    if ARMS[arm.arm].ema and not any(isinstance(c, ParameterEMACallback) for c in callbacks):
+        callbacks.insert(0, ParameterEMACallback(arm.ema_decay))  # before any callback that evaluates at step end
     trainer = SLowEDTrainer(
         model=model,
         args=training_args,

@@ -1,0 +1,259 @@
+"""The frontier study's report: matched-learning table with bootstrap intervals, frontier and per-epoch plots, verdicts.
+
+Learning is the held-out rationale NLL reduction as a fraction of what plain SFT at lr 1e-4 reaches at the end (mean
+over its seeds). Each run's checkpoints form a path (learning, safety); at a matched level of learning the safety
+measures are interpolated linearly between the two checkpoints that bracket it (per prompt for refusals), and a run
+that never reaches the level has no value there. Intervals: 95% percentile bootstrap over prompts and seeds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+
+REFERENCE = "sft lr=1e-4"
+LEVELS = (0.5, 0.8)
+BOOTSTRAP = 2000
+BASELINES = ("sft lr=1e-5", "sft lr=3e-5", "sft lr=3e-6", "lora r=16", "ema", "l2sp")
+SLOWED_METHODS = ("slowed", "slow", "trust ρ=0.003")
+
+
+def load_runs(out: Path) -> dict[str, list[dict]]:
+    """``{method: [run record per seed]}`` of every finished run under ``out/runs``."""
+    runs: dict[str, list[dict]] = {}
+    for path in sorted((out / "runs").glob("*.json")):
+        record = json.loads(path.read_text())
+        runs.setdefault(record["method"], []).append(record)
+    return runs
+
+
+def _flags(responses: list[str]) -> np.ndarray:
+    from ..eval import is_refusal
+
+    return np.array([float(is_refusal(r)) for r in responses])
+
+
+def run_path(run: dict, initial: dict) -> list[dict]:
+    """The run's checkpoints, step 0 (the aligned student) first, with per-prompt refusal flags."""
+    points = [initial, *run["checkpoints"]]
+    return [dict(p, flags=_flags(p["harmful_responses"])) for p in points]
+
+
+def matched(path: list[dict], nll0: float, ref_reduction: float, level: float) -> Optional[dict]:
+    """Safety where the path first reaches ``level`` × the reference NLL reduction (None: never reached)."""
+    target = level * ref_reduction
+    for a, b in zip(path, path[1:]):
+        ra, rb = nll0 - a["cot_nll"], nll0 - b["cot_nll"]
+        if ra < target <= rb:
+            w = (target - ra) / (rb - ra)
+            return {
+                "flags": (1 - w) * a["flags"] + w * b["flags"],
+                "harmful_kl": (1 - w) * a["harmful_kl"] + w * b["harmful_kl"],
+                "epoch": (1 - w) * a["epoch"] + w * b["epoch"],
+            }
+        if a is path[0] and ra >= target:
+            return {"flags": a["flags"], "harmful_kl": a["harmful_kl"], "epoch": 0.0}
+    return None
+
+
+def bootstrap_mean(per_seed: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap distribution of the mean refusal over seeds × prompts (resampling both)."""
+    stack = np.stack(per_seed)  # [seeds, prompts]
+    s, p = stack.shape
+    seeds = rng.integers(0, s, size=(BOOTSTRAP, s))
+    prompts = rng.integers(0, p, size=(BOOTSTRAP, p))
+    return np.array([stack[seeds[i]][:, prompts[i]].mean() for i in range(BOOTSTRAP)])
+
+
+def _interval(samples: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def summarise(runs: dict[str, list[dict]], initial: dict, seed: int = 0) -> dict[str, Any]:
+    """Per method: final numbers and matched-learning refusal / KL with intervals; the bootstrap samples are kept
+    (under ``"_samples"``) so that differences between methods get intervals with the same prompts resampled."""
+    rng = np.random.default_rng(seed)
+    nll0 = initial["cot_nll"]
+    if REFERENCE not in runs:
+        raise ValueError(f"The frontier needs the reference method {REFERENCE!r}; finished: {sorted(runs)}.")
+    ref_reduction = float(np.mean([nll0 - r["checkpoints"][-1]["cot_nll"] for r in runs[REFERENCE]]))
+    table: dict[str, Any] = {}
+    for method, seeds in runs.items():
+        paths = [run_path(r, initial) for r in seeds]
+        finals = [p[-1] for p in paths]
+        row: dict[str, Any] = {
+            "seeds": len(seeds),
+            "learning_final": float(np.mean([(nll0 - f["cot_nll"]) / ref_reduction for f in finals])),
+            "refusal_final": float(np.mean([f["refusal_ratio"] for f in finals])),
+            "kl_final": float(np.mean([f["harmful_kl"] for f in finals])),
+            "false_refusal": float(np.mean([f.get("false_refusal", np.nan) for f in finals])),
+            "drift_final": float(np.mean([f.get("drift_max", np.nan) for f in finals])),
+            "masked_fraction": float(np.mean([r["masked_fraction"] for r in seeds])),
+            "refusal_by_epoch": np.mean([[p["refusal_ratio"] for p in path] for path in paths], axis=0).tolist(),
+            "epochs": [p["epoch"] for p in paths[0]],
+            "_samples": {},
+        }
+        for level in LEVELS:
+            points = [matched(p, nll0, ref_reduction, level) for p in paths]
+            key = f"{int(level * 100)}%"
+            if any(pt is None for pt in points):
+                row[key] = None
+                continue
+            samples = bootstrap_mean([pt["flags"] for pt in points], rng)
+            kls = np.array([pt["harmful_kl"] for pt in points])
+            row[key] = {
+                "refusal": float(np.mean([pt["flags"].mean() for pt in points])),
+                "refusal_ci": _interval(samples),
+                "kl": float(kls.mean()),
+                "kl_range": (float(kls.min()), float(kls.max())),
+                "epoch": float(np.mean([pt["epoch"] for pt in points])),
+            }
+            row["_samples"][key] = samples
+        table[method] = row
+    return {"nll0": nll0, "ref_reduction": ref_reduction, "methods": table}
+
+
+def difference(summary: dict, a: str, b: str, level: str) -> Optional[tuple[float, float, float]]:
+    """Refusal of ``a`` minus ``b`` at ``level``: (mean, 2.5%, 97.5%) from the bootstrap samples, or None."""
+    ra, rb = summary["methods"].get(a, {}).get(level), summary["methods"].get(b, {}).get(level)
+    if not ra or not rb:
+        return None
+    diff = summary["methods"][a]["_samples"][level] - summary["methods"][b]["_samples"][level]
+    lo, hi = _interval(diff)
+    return ra["refusal"] - rb["refusal"], lo, hi
+
+
+def best_baseline(summary: dict, level: str) -> Optional[str]:
+    """The baseline with the highest matched-learning refusal at ``level`` (None if none reached it)."""
+    scored = [
+        (summary["methods"][m][level]["refusal"], m) for m in BASELINES if summary["methods"].get(m, {}).get(level)
+    ]
+    return max(scored)[1] if scored else None
+
+
+def verdicts(summary: dict) -> list[str]:
+    """One line per claim: holds / does not hold / not resolvable at this scale, with the numbers."""
+    from ..eval.report import format_value as f
+
+    lines = []
+    methods = summary["methods"]
+    start = summary["start_refusal"]
+    if REFERENCE in methods:
+        ref = methods[REFERENCE]
+        eroded = ref["refusal_final"] < start - 0.05
+        lines.append(
+            f"**Plain SFT erodes safety: {'holds' if eroded else 'does not hold'}** — refusals {f(start)} → "
+            f"{f(ref['refusal_final'])} after {ref['epochs'][-1]:.0f} epochs at lr 1e-4 ({ref['seeds']} seeds), "
+            f"harmful KL {f(ref['kl_final'])}."
+        )
+    for level in ("80%", "50%"):
+        base = best_baseline(summary, level)
+        for m in SLOWED_METHODS:
+            if m not in methods:
+                continue
+            if base is None or not methods[m].get(level):
+                lines.append(f"**{m} vs the best baseline at {level} learning: not resolvable** — not reached.")
+                continue
+            d = difference(summary, m, base, level)
+            verdict = "holds" if d[1] > 0 else ("does not hold" if d[2] < 0 or d[1] <= 0 else "")
+            if d[1] <= 0 <= d[2]:
+                verdict = "does not hold (no difference resolvable at this scale)"
+            lines.append(
+                f"**{m} keeps more safety than the best baseline ({base}) at {level} of SFT's learning: {verdict}** — "
+                f"refusal {f(methods[m][level]['refusal'])} vs {f(methods[base][level]['refusal'])}, difference "
+                f"{d[0]:+.3f} [95% {d[1]:+.3f}, {d[2]:+.3f}]; harmful KL {f(methods[m][level]['kl'])} vs "
+                f"{f(methods[base][level]['kl'])}."
+            )
+        break  # the higher level that at least one baseline reached is the headline; the table has the other
+    if "lem" in methods and REFERENCE in methods:
+        lem, sft = methods["lem"]["refusal_by_epoch"], methods[REFERENCE]["refusal_by_epoch"]
+        safe = lambda curve: sum(1 for r in curve[1:] if r >= start - 0.1)  # noqa: E731  epochs within 0.1 of start
+        lines.append(
+            f"**LEM prolongs the safe epochs: {'holds' if safe(lem) > safe(sft) else 'does not hold'}** — epochs with "
+            f"refusals within 0.1 of the start: lem {safe(lem)}, sft {safe(sft)} (per epoch: lem "
+            f"{', '.join(f(r) for r in lem[1:])}; sft {', '.join(f(r) for r in sft[1:])}; one seed for lem)."
+        )
+    return lines
+
+
+def plot(summary: dict, runs: dict[str, list[dict]], initial: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nll0, ref = summary["nll0"], summary["ref_reduction"]
+    for measure, label, name in (
+        ("refusal_ratio", "held-out AdvBench refusal ratio", "frontier_refusal.png"),
+        ("harmful_kl", "harmful KL (nats/token)", "frontier_kl.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for method, seeds in runs.items():
+            paths = [[initial, *r["checkpoints"]] for r in seeds]
+            x = np.mean([[(nll0 - p["cot_nll"]) / ref for p in path] for path in paths], axis=0)
+            y = np.mean([[p[measure] for p in path] for path in paths], axis=0)
+            style = "-" if method in SLOWED_METHODS or method.startswith("lem") else "--"
+            ax.plot(x, y, style, marker="o", label=f"{method} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+        for level in LEVELS:
+            ax.axvline(level, color="grey", lw=0.5)
+        ax.set_xlabel(f"learning: held-out NLL reduction / {REFERENCE}'s final reduction")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in ("sft lr=1e-4", "lem", "slow", "slowed", "sft lr=1e-5", "ema", "lora r=16"):
+        if method in summary["methods"]:
+            row = summary["methods"][method]
+            ax.plot(row["epochs"], row["refusal_by_epoch"], marker="o", label=method)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("held-out AdvBench refusal ratio")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "refusal_per_epoch.png", dpi=120)
+    plt.close(fig)
+
+
+def write_report(args, out: Path, initial: dict, alignment: dict) -> dict:
+    """Write ``summary.json``, ``results.md`` and the three PNGs from the finished runs; returns the summary."""
+    from ..eval.report import format_value as f
+
+    runs = load_runs(out)
+    summary = summarise(runs, initial)
+    summary["start_refusal"] = initial["refusal_ratio"]
+    plot(summary, runs, initial, out)
+    lines = [
+        f"Start (aligned student): refusal {f(initial['refusal_ratio'])} (n = {len(initial['harmful_responses'])}), "
+        f"held-out NLL {f(summary['nll0'])}, false refusals {f(initial.get('false_refusal', float('nan')))}. "
+        f"Learning = NLL reduction / {REFERENCE}'s final reduction ({f(summary['ref_reduction'])} nats).",
+        "",
+        "| method | seeds | learning (end) | refusal (end) | harmful KL (end) | false refusal (end) | refusal @50% "
+        "[95%] | refusal @80% [95%] | KL @50% | KL @80% | max drift | masked |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, row in summary["methods"].items():
+        cells = []
+        for level in ("50%", "80%"):
+            m = row[level]
+            cells.append(
+                "not reached" if m is None else f"{f(m['refusal'])} [{f(m['refusal_ci'][0])}, {f(m['refusal_ci'][1])}]"
+            )
+        kls = ["–" if row[lv] is None else f(row[lv]["kl"]) for lv in ("50%", "80%")]
+        lines.append(
+            f"| {method} | {row['seeds']} | {f(row['learning_final'])} | {f(row['refusal_final'])} | "
+            f"{f(row['kl_final'])} | {f(row['false_refusal'])} | {cells[0]} | {cells[1]} | {kls[0]} | {kls[1]} | "
+            f"{f(row['drift_final'])} | {f(row['masked_fraction'])} |"
+        )
+    lines += ["", "Verdicts:", ""] + [f"- {v}" for v in verdicts(summary)]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    clean = {k: v for k, v in summary.items() if k != "methods"} | {
+        "methods": {m: {k: v for k, v in row.items() if k != "_samples"} for m, row in summary["methods"].items()}
+    }
+    (out / "summary.json").write_text(json.dumps(clean, indent=1, default=float))
+    return clean
