@@ -155,7 +155,14 @@ def test_export_as_lora_is_loadable_by_peft_alone(tmp_path):
                 torch.save(pm(x).logits, tmp_path / f"expected-{family}-{r}.pt")
             lora = tmp_path / f"lora-{family}-{r}"
             report = slowed_peft.export_as_lora(pm, lora, rank=r or 1.0)
-            assert report.max_rel_error < 1e-3  # own rank (low-rank) or ~all energy (dense): exact up to SVD rounding
+            assert report.nbytes <= report.adapter_nbytes  # all energy asked, but never larger than the dense delta
+            if r is not None:
+                assert report.max_rel_error < 1e-3  # own rank: exact up to SVD rounding
+            else:  # capped: the expected logits are those of the exported LoRA itself, loaded in this process
+                assert 0.0 < report.max_rel_error < 1.0
+                with torch.no_grad():
+                    approx = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), lora)
+                    torch.save(approx(x).logits, tmp_path / f"expected-{family}-{r}.pt")
             assert json.loads((lora / "adapter_config.json").read_text())["peft_type"] == "LORA"
             cases.append((str(base_path), str(lora), str(tmp_path / f"lora-logits-{family}-{r}.pt")))
             if r is None and family == "llama":  # a truncated export reports a non-zero error honestly
@@ -251,3 +258,48 @@ def test_corrupt_safetensors_names_the_file(tiny_llama, tmp_path, damage):
     base = build_tiny("llama", tmp_path / "b2")
     with pytest.raises(ValueError, match=r"adapter_model\.safetensors"):
         PeftModel.from_pretrained(base, out)
+
+
+# ------------------------------------------------------------------------------------------- LoRA export by bytes
+def test_export_by_byte_budget_reports_output_error_and_never_exceeds_the_adapter(tmp_path):
+    """Ranks chosen by a byte budget: size within budget and never above the dense adapter, error shrinking with
+    the budget, and the output-space numbers (computed in-process) equal what plain peft gives on reload."""
+    base_path = tmp_path / "tiny"
+    pm = trained(build_tiny("llama", base_path), r=None)
+    x = batch(bs=2, seq=16)
+    default = slowed_peft.export_as_lora(pm, tmp_path / "default", eval_input_ids=x)
+    assert 0 < default.nbytes <= default.adapter_nbytes  # the 0.99-energy default no longer outgrows the dense delta
+    dense = default.adapter_nbytes
+    rows = []
+    for frac in (0.05, 0.2, 0.5, 1.0):
+        rep = slowed_peft.export_as_lora(pm, tmp_path / f"b{frac}", max_bytes=int(frac * dense), eval_input_ids=x)
+        assert rep.nbytes <= int(frac * dense)
+        assert 0.0 <= rep.top1_agreement <= 1.0 and rep.logit_kl >= 0.0 and rep.base_kl > 0.0
+        rows.append(rep)
+    assert rows[0].mean_rel_error > rows[-1].mean_rel_error and rows[0].logit_kl > rows[-1].logit_kl
+    huge = slowed_peft.export_as_lora(pm, tmp_path / "huge", max_bytes=10 * dense)
+    assert huge.nbytes <= dense
+    # the in-process KL equals the KL of the exported files loaded by plain peft
+    rep = rows[1]
+    lora = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), rep.out_dir).eval()
+    with torch.no_grad():
+        ref = torch.log_softmax(pm(x).logits, -1)
+        got = torch.log_softmax(lora(x).logits, -1)
+    kl = float((ref.exp() * (ref - got)).sum(-1).mean())
+    assert abs(kl - rep.logit_kl) <= 1e-4 + 1e-3 * rep.logit_kl
+    assert json.loads((tmp_path / "b0.2" / "adapter_config.json").read_text())["peft_type"] == "LORA"
+
+
+def test_low_rank_export_at_own_rank_is_exact_in_output_space(tmp_path):
+    pm = trained(build_tiny("llama", tmp_path / "tiny"), r=4)
+    rep = slowed_peft.export_as_lora(pm, tmp_path / "lora", eval_input_ids=batch())
+    assert rep.max_rel_error < 1e-4 and rep.logit_kl < 1e-6 and rep.top1_agreement == 1.0
+    assert rep.nbytes <= rep.adapter_nbytes and set(rep.rank.values()) == {4}
+
+
+def test_export_budget_below_one_component_is_refused(tmp_path):
+    pm = trained(build_tiny("llama", tmp_path / "tiny"), r=None)
+    with pytest.raises(ValueError, match="max_bytes"):
+        slowed_peft.export_as_lora(pm, tmp_path / "lora", max_bytes=8)
+    with pytest.raises(ValueError, match="max_bytes"):
+        slowed_peft.export_as_lora(pm, tmp_path / "lora", max_bytes=-1)
