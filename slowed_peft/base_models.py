@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -170,6 +171,22 @@ def _convert(alias: str, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+SOURCE_MARKER = "slowed_source.json"  # the tuner reads it (tuner/persist.py) to cite the Hub id, not the cache path
+
+
+def _write_source_marker(alias: str, folder: Path) -> None:
+    """Record in the converted folder which Hub model it is a copy of, so that adapters trained on it name that Hub
+    id as ``base_model_name_or_path`` (and in their card) instead of a local cache path."""
+    entry = EMBEDDED_MODELS[alias]
+    marker = folder / SOURCE_MARKER
+    if not entry.hub_id or marker.is_file():
+        return
+    try:
+        marker.write_text(json.dumps({"alias": alias, "hub_id": entry.hub_id, "gguf": entry.filename}) + "\n")
+    except OSError as err:  # a read-only shared cache: adapters then name the local path
+        logger.warning(f"Could not write {marker}: {err}")
+
+
 def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
     """The local checkpoint folder for an embedded alias (converting it on first use); any other name unchanged."""
     if name_or_path not in EMBEDDED_MODELS:
@@ -183,6 +200,7 @@ def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = 
             logger.warning(f"Removing incomplete cached checkpoint {target} and converting again.")
             shutil.rmtree(target)
         _convert(name_or_path, target)
+    _write_source_marker(name_or_path, target)
     return str(target)
 
 

@@ -21,6 +21,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from .eval.report import format_value
 from .tuner.export import LoraExportReport, export_as_lora
+from .tuner.persist import hub_id_of
 from .tuner.registration import PEFT_TYPE_NAME
 
 
@@ -29,6 +30,7 @@ __all__ = ["build_model_card", "push_adapter"]
 PAPER_URL = "https://arxiv.org/abs/2508.09666"
 BASE_TAGS = ("peft", "slowed", "safety", "chain-of-thought", "distillation")
 LORA_SUBFOLDER = "lora_export"
+DEFAULT_LICENSE = "apache-2.0"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -45,6 +47,9 @@ def _check_repo_id(repo_id: Any, what: str = "repo_id") -> str:
 def _resolve_base_id(config_value: Optional[str], base_model_id: Optional[str]) -> str:
     if base_model_id is not None:
         return _check_repo_id(base_model_id, "base_model_id")
+    recorded = hub_id_of(config_value)  # a local copy of a Hub model (e.g. an embedded model of base_models)
+    if recorded is not None:
+        return _check_repo_id(recorded, "base_model_name_or_path")
     if config_value and _HUB_ID.match(config_value) and not os.path.exists(config_value):
         return _check_repo_id(config_value, "base_model_name_or_path")
     raise ValueError(
@@ -112,11 +117,25 @@ def build_model_card(
     metrics: Optional[Mapping[str, Any]] = None,
     lora_report: Optional[LoraExportReport] = None,
     extra_tags: Iterable[str] = (),
+    license: Optional[str] = DEFAULT_LICENSE,
+    datasets: Iterable[str] = (),
 ) -> ModelCard:
-    """The README.md of a SLowED adapter repo: metadata, method summary, config, metrics and usage snippets."""
+    """The README.md of a SLowED adapter repo: metadata, method summary, config, metrics and usage snippets.
+
+    The YAML metadata carries ``license`` (default ``apache-2.0``, the license of this package and of the bases it
+    ships recipes for; pass the base model's license if it differs), ``datasets`` (Hub ids of the training data) and
+    ``base_model`` (a Hub id). The Python usage snippet runs as written once the two ids resolve (tests run it with
+    local paths substituted)."""
     tags = [*BASE_TAGS, f"base_model:adapter:{base_model_id}"]
     tags += [t for t in extra_tags if t not in tags]
-    data = ModelCardData(library_name="peft", base_model=base_model_id, pipeline_tag="text-generation", tags=tags)
+    data = ModelCardData(
+        library_name="peft",
+        base_model=base_model_id,
+        pipeline_tag="text-generation",
+        tags=tags,
+        license=license,
+        datasets=list(datasets) or None,
+    )
     targets = peft_config.target_modules
     targets = sorted(targets) if isinstance(targets, (set, frozenset, list, tuple)) else targets
     r = peft_config.r
@@ -143,11 +162,7 @@ def build_model_card(
     parts += [
         "## Usage",
         "```bash\npip install slowed-peft\n```",
-        "```python\nimport slowed_peft  # registers the SLOWED PEFT type; must come before loading\n"
-        "from peft import AutoPeftModelForCausalLM, PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
-        f'model = AutoPeftModelForCausalLM.from_pretrained("{repo_id}")\n'
-        f'# or: base = AutoModelForCausalLM.from_pretrained("{base_model_id}")\n'
-        f'#     model = PeftModel.from_pretrained(base, "{repo_id}")\n```',
+        f"```python\n{usage_snippet(repo_id, base_model_id)}```",
         "> **Warning:** without `import slowed_peft` first, peft does not know this adapter type and raises "
         "`KeyError: 'SLOWED'`.",
     ]
@@ -163,6 +178,25 @@ def build_model_card(
         ]
     parts += ["## Citation", f"Method: {PAPER_URL}"]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(parts) + "\n")
+
+
+def usage_snippet(adapter: str, base_model: str) -> str:
+    """Python that loads the adapter and answers one prompt; runs as written (``adapter`` / ``base_model``: Hub ids
+    or local folders)."""
+    return (
+        "import slowed_peft  # registers the SLOWED PEFT type; must come before loading\n"
+        "from peft import AutoPeftModelForCausalLM, PeftModel\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f'model = AutoPeftModelForCausalLM.from_pretrained("{adapter}")\n'
+        f'# or: base = AutoModelForCausalLM.from_pretrained("{base_model}")\n'
+        f'#     model = PeftModel.from_pretrained(base, "{adapter}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{base_model}")\n'
+        'messages = [{"role": "user", "content": "Natalia sold 48 clips in April and half as many in May. How many in all?"}]\n'
+        "inputs = tokenizer.apply_chat_template(\n"
+        '    messages, add_generation_prompt=True, return_tensors="pt", return_dict=True\n)\n'
+        "output = model.generate(**inputs, max_new_tokens=64)\n"
+        'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))\n'
+    )
 
 
 def _set_base_id(folder: Path, base_model_id: str) -> None:
@@ -182,6 +216,8 @@ def push_adapter(
     export_lora_rank: Optional[Union[int, float]] = None,
     extra_tags: Iterable[str] = (),
     metrics: Optional[Mapping[str, Any]] = None,
+    license: Optional[str] = DEFAULT_LICENSE,
+    datasets: Iterable[str] = (),
     token: Optional[str] = None,
     api: Optional[HfApi] = None,
     local_dir: Optional[Union[str, os.PathLike]] = None,
@@ -191,7 +227,9 @@ def push_adapter(
     Args:
         base_model_id: Hub id of the base model; required when the adapter's ``base_model_name_or_path`` is local.
         export_lora_rank: also write ``lora_export/`` via :func:`export_as_lora` (int rank or energy fraction).
-        metrics: optional ``{name: value}`` or ``{name: {"before": x, "after": y}}`` table for the card.
+        metrics: optional ``{name: value}`` or ``{name: {"before": x, "after": y}}`` table for the card (e.g. the
+            evaluation report's summary).
+        license, datasets: the card's ``license`` and ``datasets`` metadata (see :func:`build_model_card`).
         api: an ``HfApi`` (default ``HfApi(token=token)``). local_dir: staging folder (must be empty; default temp).
 
     Returns what ``HfApi.upload_folder`` returns (a ``CommitInfo``, whose ``str`` is the commit URL).
@@ -210,7 +248,16 @@ def push_adapter(
         if export_lora_rank is not None:
             report = export_as_lora(model, folder / LORA_SUBFOLDER, rank=export_lora_rank, adapter_name=adapter_name)
         _set_base_id(folder, hub_base)
-        card = build_model_card(config, hub_base, repo_id, metrics=metrics, lora_report=report, extra_tags=extra_tags)
+        card = build_model_card(
+            config,
+            hub_base,
+            repo_id,
+            metrics=metrics,
+            lora_report=report,
+            extra_tags=extra_tags,
+            license=license,
+            datasets=datasets,
+        )
         card.save(str(folder / "README.md"))
         api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")
         return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)

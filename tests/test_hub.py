@@ -117,3 +117,49 @@ def test_build_model_card_dense_no_metrics():
     card = build_model_card(cfg, BASE, REPO)
     assert "dense" in card.text and "`q_proj`" in card.text and "## Evaluation" not in card.text
     assert card.data.tags[-1] == f"base_model:adapter:{BASE}"
+
+
+def test_card_metadata_has_license_datasets_and_hub_base(tmp_path):
+    pm = slowed_model(tmp_path)
+    _, out, _ = push(pm, tmp_path, datasets=["gsm8k", "walledai/AdvBench"], license="apache-2.0")
+    card = ModelCard.load(out / "README.md")
+    assert card.data.license == "apache-2.0" and card.data.base_model == BASE
+    assert card.data.datasets == ["gsm8k", "walledai/AdvBench"]
+
+
+def test_embedded_base_resolves_to_its_hub_id(tmp_path):
+    """A base folder recording its Hub id (``base_models`` writes one for the embedded SmolLM2) needs no
+    ``base_model_id``: the card and adapter_config.json name the Hub id."""
+    pm = slowed_model(tmp_path)
+    hub = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    (tmp_path / "base" / "slowed_source.json").write_text(json.dumps({"hub_id": hub}))
+    _, out, _ = push(pm, tmp_path, base_model_id=None)
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == hub
+    assert ModelCard.load(out / "README.md").data.base_model == hub
+
+
+def test_card_usage_snippet_runs(tmp_path):
+    """The card's Python snippet, with the two Hub ids replaced by local folders, runs in a fresh interpreter."""
+    import re
+    import subprocess
+    import sys
+
+    from testing_utils import build_char_tokenizer
+
+    pm = slowed_model(tmp_path)
+    build_char_tokenizer(tmp_path / "base")
+    adapter = tmp_path / "adapter"
+    pm.save_pretrained(adapter)
+    text = build_model_card(pm.peft_config["default"], BASE, REPO).text
+    (snippet,) = [s for s in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "AutoPeftModelForCausalLM" in s]
+    code = snippet.replace(f'"{REPO}"', repr(str(adapter))).replace(f'"{BASE}"', repr(str(tmp_path / "base")))
+    assert REPO not in code and BASE not in code
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]

@@ -9,6 +9,7 @@ from typing import Literal, Optional, Union
 
 from peft.config import PeftConfig
 
+from .compress import SAVE_PRECISIONS
 from .registration import PEFT_TYPE_NAME, ensure_peft_type
 
 
@@ -55,6 +56,11 @@ class SLowEDConfig(PeftConfig):
             Modules, apart from the SLowED layers, trained in full and saved with the adapter.
         trainable_token_indices (`Union[list[int], dict[str, list[int]]]`, *optional*, defaults to `None`):
             Token ids whose embedding rows are trained, as in LoRA.
+        save_precision (`str`, defaults to `"fp32"`):
+            How `save_pretrained` stores a dense delta: `"fp32"` stores `D` exactly; `"4bit"` stores the effective
+            `ΔW` in at most 4 bits per entry (codes + per-row scales, see `tuner/compress.py`), about 1/4 of a bf16
+            base's bytes for the wrapped layers, with the trust region holding on the reconstructed delta. Loading
+            recognises either format; low-rank adapters are always stored exactly.
 
     Example:
 
@@ -104,6 +110,11 @@ class SLowEDConfig(PeftConfig):
         default=None, metadata={"help": "Token ids whose embedding rows are trained (as in LoRA)."}
     )
 
+    save_precision: Literal["fp32", "4bit"] = field(
+        default="fp32",
+        metadata={"help": "Dense deltas on save: 'fp32' (exact) or '4bit' (<= 4 bits per entry, trust region kept)."},
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = ensure_peft_type(PEFT_TYPE_NAME)
@@ -130,10 +141,29 @@ class SLowEDConfig(PeftConfig):
                 f"`drift_granularity` must be one of {DRIFT_GRANULARITIES}; got "
                 f"drift_granularity={self.drift_granularity!r}."
             )
+        if self.save_precision not in SAVE_PRECISIONS:
+            raise ValueError(
+                f"`save_precision` must be one of {SAVE_PRECISIONS}; got save_precision={self.save_precision!r}."
+            )
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
             raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str (regex).")
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
+
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """PEFT's save; a base that is a local copy of a Hub model recording its id (the embedded models of
+        ``slowed_peft.base_models``) is written as that Hub id, so the shared adapter does not name a local path."""
+        from .persist import hub_id_of
+
+        local = self.base_model_name_or_path
+        hub_id = hub_id_of(local)
+        if hub_id is None:
+            return super().save_pretrained(save_directory, **kwargs)
+        self.base_model_name_or_path = hub_id
+        try:
+            return super().save_pretrained(save_directory, **kwargs)
+        finally:
+            self.base_model_name_or_path = local
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
@@ -143,4 +173,7 @@ class SLowEDConfig(PeftConfig):
         folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
         if os.path.isdir(folder):
             check_adapter_weights_file(folder)
-        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        if os.path.isdir(folder):
+            config._weights_folder = folder  # not a field: never saved; names the file in load errors
+        return config

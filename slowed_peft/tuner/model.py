@@ -13,6 +13,7 @@ from .config import SLowEDConfig
 from .layer import SUPPORTED_LAYER_TYPES, Linear, SLowEDLayer, unsupported_layer_error
 from .loading import check_keys, rebase_w0_norms
 from .merge import collect_merge_losses
+from .persist import compress_state_dict, decompress_state_dict, weights_file_hint
 from .registration import PREFIX
 
 
@@ -70,6 +71,18 @@ class SLowEDModel(BaseTuner):
             raise ValueError(f"Module {key!r}: {err}") from None
         return Linear(target, adapter_name, config)
 
+    def __init__(self, model, config, adapter_name, *args, **kwargs) -> None:
+        super().__init__(model, config, adapter_name, *args, **kwargs)
+        from .card import install_card_hook
+
+        install_card_hook()  # PeftModel.save_pretrained then writes SLowED's README.md, not PEFT's template
+
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        """PEFT's selection of the adapter's tensors, then ``save_precision``: dense deltas compressed (``persist.py``)."""
+        state = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        return compress_state_dict(model, config, adapter_name, state)
+
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
         """PEFT's remapping plus SLowED's load checks, each naming modules and keys.
@@ -77,7 +90,10 @@ class SLowEDModel(BaseTuner):
         1. shapes: the module and both shapes (instead of torch's error);
         2. keys: every adapter tensor of the model is in the file and vice versa (``loading.check_keys``);
         3. ‖W0‖: the stored norms agree with the base in memory and are replaced by it (``loading.rebase_w0_norms``).
-        ``loading.lenient_load`` relaxes 2 and 3."""
+        ``loading.lenient_load`` relaxes 2 and 3. A compressed (``save_precision="4bit"``) adapter is first turned back
+        into dense deltas (``persist.decompress_state_dict``)."""
+        where = weights_file_hint(getattr(config, "_weights_folder", None))
+        state_dict = decompress_state_dict(model, config, state_dict, where)
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         own = model.state_dict()
         mismatches = [
