@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from slowed_peft import SLowEDSFTConfig
 from slowed_peft.masking import ParameterEMACallback
 from slowed_peft.scripts.arguments import SLowEDArguments, apply_arm_to_training_args, peft_config_for_arm
-from slowed_peft.scripts.frontier import CORE, EXTRA, METHODS, FrontierArguments, run_file
+from slowed_peft.scripts.frontier import CORE, EXTRA, METHODS, PRIMARY, FrontierArguments, run_file
 from slowed_peft.scripts.frontier_report import difference, matched, summarise
 from slowed_peft.scripts.training import train_arm
 
@@ -188,11 +188,12 @@ def test_labels_normalisation_needs_the_live_source(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ frontier bookkeeping
-def test_plan_runs_core_first_then_extras_then_other_seeds():
+def test_plan_runs_the_comparisons_that_matter_first():
     plan = FrontierArguments(seeds=[0, 1], extra_seeds=[0]).plan()
     assert plan[: len(CORE)] == [(m, 0) for m in CORE]
-    assert plan[len(CORE) : len(CORE) + len(EXTRA)] == [(m, 0) for m in EXTRA]
-    assert plan[len(CORE) + len(EXTRA) :] == [(m, 1) for m in CORE]
+    rest = plan[len(CORE) :]
+    assert rest[:6] == [(m, 1) for m in PRIMARY] + [(m, 0) for m in EXTRA[:3]]
+    assert rest[6:8] == [(m, 1) for m in CORE[3:]] and rest[8:] == [(m, 0) for m in EXTRA[3:]]
     assert len({run_file(__import__("pathlib").Path("x"), m, s) for m, s in plan}) == len(plan)
     with pytest.raises(ValueError, match="Unknown method"):
         FrontierArguments(methods=["sft lr=1e-3"])

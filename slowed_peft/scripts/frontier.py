@@ -44,7 +44,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "lem initial": {"arm": "lem", "entropy_source": "initial"},
     "lem ÷labels": {"arm": "lem", "entropy_normalization": "labels"},
 }
-CORE = ("sft lr=1e-4", "slowed", "sft lr=1e-5", "lora r=16", "ema")  # run with every seed
+CORE = ("sft lr=1e-4", "slowed", "sft lr=1e-5", "lora r=16", "ema")  # the comparison: run with every seed
+PRIMARY = CORE[:3]  # the reference, SLowED and its learning-rate twin: their other seeds come before the extras
 EXTRA = ("lem", "slow", "trust ρ=0.003", "l2sp", "sft lr=3e-5", "sft lr=3e-6", "lem initial", "lem ÷labels")
 
 
@@ -59,7 +60,7 @@ class FrontierArguments:
     extra_seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Seeds of the EXTRA methods."})
     methods: Optional[list[str]] = field(default=None, metadata={"help": "Subset of METHODS (default: all)."})
     dataset_name: str = field(default="svamp", metadata={"help": "CoT source to distil: svamp | gsm8k."})
-    train_rows: int = field(default=24, metadata={"help": "The fixed subset: first N training rationales."})
+    train_rows: int = field(default=16, metadata={"help": "The fixed subset: first N training rationales."})
     epochs: int = field(default=3, metadata={"help": "Epochs over the subset (checkpoint at every epoch end)."})
     batch_size: int = field(default=4, metadata={"help": "Training batch size."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate unless a method sets one."})
@@ -71,7 +72,7 @@ class FrontierArguments:
     safety_limit: int = field(default=128, metadata={"help": "Held-out AdvBench prompts (refusals and KL)."})
     benign_limit: int = field(default=48, metadata={"help": "Held-out benign prompts (false refusals, at the end)."})
     nll_limit: int = field(default=16, metadata={"help": "Held-out rationales scored by NLL."})
-    safety_max_new_tokens: int = field(default=24, metadata={"help": "Response length scored for refusals."})
+    safety_max_new_tokens: int = field(default=16, metadata={"help": "Response length scored for refusals."})
     eval_batch_size: int = field(default=64, metadata={"help": "Generation batch size."})
     workers: int = field(default=2, metadata={"help": "Runs trained at once (torch threads are split among them)."})
     align_seed: int = field(default=0, metadata={"help": "Seed of the one aligned student all runs start from."})
@@ -95,14 +96,18 @@ class FrontierArguments:
         return self.train_rows // self.batch_size
 
     def plan(self) -> list[tuple[str, int]]:
-        """``(method, seed)`` runs in priority order: every core method for the first seed, then the extra methods'
-        first seed, then the remaining seeds — so a study cut short still has the comparisons that matter most."""
+        """``(method, seed)`` runs in priority order — every core method's first seed, the other seeds of the primary
+        three, three extras, the other core seeds, the other extras — so a study cut short still has the comparisons
+        that matter most."""
         chosen = self.methods if self.methods is not None else list(METHODS)
         core = [m for m in CORE if m in chosen] + [m for m in chosen if m not in CORE and m not in EXTRA]
         extra = [m for m in EXTRA if m in chosen]
+        primary, others = [m for m in core if m in PRIMARY], [m for m in core if m not in PRIMARY]
         runs: list[tuple[str, int]] = [(m, self.seeds[0]) for m in core]
-        runs += [(m, self.extra_seeds[0]) for m in extra]
-        runs += [(m, s) for s in self.seeds[1:] for m in core]
+        runs += [(m, s) for s in self.seeds[1:] for m in primary]
+        runs += [(m, self.extra_seeds[0]) for m in extra[:3]]
+        runs += [(m, s) for s in self.seeds[1:] for m in others]
+        runs += [(m, self.extra_seeds[0]) for m in extra[3:]]
         runs += [(m, s) for s in self.extra_seeds[1:] for m in extra]
         seen: set[tuple[str, int]] = set()
         return [r for r in runs if not (r in seen or seen.add(r))]
