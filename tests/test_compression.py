@@ -216,3 +216,14 @@ def test_embedded_base_is_named_by_its_hub_id(tmp_path):
     assert cfg["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     card = (tmp_path / "a" / "README.md").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and str(tmp_path) not in card
+
+
+def test_converted_embedded_model_records_its_hub_id(tmp_path):
+    from slowed_peft import base_models
+    from slowed_peft.tuner.persist import hub_id_of
+
+    folder = tmp_path / "smollm2-135m-instruct"
+    folder.mkdir()
+    base_models._write_source_marker("smollm2-135m-instruct", folder)
+    assert hub_id_of(str(folder)) == base_models.hub_id_for("smollm2-135m-instruct")
+    assert hub_id_of(str(tmp_path)) is None and hub_id_of(None) is None
