@@ -8,6 +8,7 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, TrainerCallback
+from trl import ModelConfig
 
 from slowed_peft import SLowEDSFTConfig
 from slowed_peft.masking import ParameterEMACallback
@@ -109,10 +110,13 @@ def test_ema_rejects_bad_decay(decay):
 
 def test_lora_arm_is_peft_lora_on_the_same_layers(setup, tmp_path):
     path, tok, ds = setup
-    config = peft_config_for_arm(SLowEDArguments(arm="lora", lora_r=4, lora_alpha=8))
-    assert isinstance(config, LoraConfig) and (config.r, config.lora_alpha, config.lora_dropout) == (4, 8, 0.0)
+    config = peft_config_for_arm(SLowEDArguments(arm="lora"))
+    assert isinstance(config, LoraConfig) and (config.r, config.lora_alpha, config.lora_dropout) == (16, 32, 0.0)
+    trl_keys = ModelConfig(lora_r=4, lora_alpha=8, lora_dropout=0.1, lora_target_modules=["q_proj"])
+    config = peft_config_for_arm(SLowEDArguments(arm="lora"), trl_keys)
+    assert (config.r, config.lora_alpha, config.lora_dropout, config.target_modules) == (4, 8, 0.1, {"q_proj"})
     trainer = train_arm(
-        SLowEDArguments(arm="lora", lora_r=4),
+        SLowEDArguments(arm="lora"),
         AutoModelForCausalLM.from_pretrained(path),
         tok,
         SLowEDSFTConfig(str(tmp_path / "o"), max_steps=1, **COMMON),
@@ -150,12 +154,12 @@ def test_l2sp_arm_decays_the_delta_toward_w0(setup, tmp_path):
     assert delta_norm(50.0) < 0.9 * delta_norm(0.0)  # lr 5e-3 × 50 = 25% shrink per step
 
 
-@pytest.mark.parametrize("bad", [0, True, -1])
+@pytest.mark.parametrize("bad", [float("nan"), -1.0, float("inf")])
 def test_arguments_reject_bad_baseline_values(bad):
-    with pytest.raises(ValueError, match="lora_r"):
-        SLowEDArguments(arm="lora", lora_r=bad)
     with pytest.raises(ValueError, match="l2sp_strength"):
-        SLowEDArguments(arm="l2sp", l2sp_strength=float("nan") if bad is True else float(bad) - 1)
+        SLowEDArguments(arm="l2sp", l2sp_strength=bad)
+    with pytest.raises(ValueError, match="ema_decay"):
+        SLowEDArguments(arm="ema", ema_decay=abs(bad) + 1)
 
 
 def test_labels_normalisation_divides_by_all_label_tokens(setup, tmp_path):
@@ -235,3 +239,13 @@ def test_summary_intervals_and_differences():
     assert mean == pytest.approx(0.5) and lo == pytest.approx(0.5) and hi == pytest.approx(0.5)
     with pytest.raises(ValueError, match="reference method"):
         summarise({"slowed": runs["slowed"]}, initial)
+
+
+def test_frontier_config_parses_every_key():
+    from slowed_peft.scripts.configs import SLowEDParser
+
+    (args, remaining) = SLowEDParser((FrontierArguments,)).parse_args_and_config(
+        args=["--config", "frontier"], return_remaining_strings=True
+    )
+    assert remaining == [] and (args.train_rows, args.epochs, args.safety_limit) == (16, 3, 128)
+    assert args.steps_per_epoch == 4 and len(args.plan()) == 3 * len(CORE) + len(EXTRA)

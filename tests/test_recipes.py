@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import slowed_peft
@@ -59,17 +60,18 @@ def tiny_recipe(tmp_path, tiny_dir) -> str:
 
 
 def test_configs_ship_with_the_package_and_resolve_by_name(tmp_path, monkeypatch):
-    assert shipped_configs() == sorted([*SFT_CONFIGS, "replicate"])
+    assert shipped_configs() == sorted([*SFT_CONFIGS, "replicate", "frontier"])
     folder = Path(slowed_peft.__file__).parent / "configs"
     assert sorted(p.stem for p in folder.glob("*.yaml")) == shipped_configs()
     assert not (ROOT / "recipes" / "configs").exists()  # one copy of each config
     globs = PYPROJECT["tool"]["setuptools"]["package-data"]["slowed_peft"]
-    assert {p.name for g in globs for p in folder.parent.glob(g)} == {f"{n}.yaml" for n in shipped_configs()}
+    packaged = {p.name for g in globs for p in folder.parent.glob(g) if p.parent == folder}
+    assert packaged == {f"{n}.yaml" for n in shipped_configs()}
     assert resolve_config("replicate") == resolve_config("replicate.yaml") == str(folder / "replicate.yaml")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "replicate.yaml").write_text("max_steps: 3\n")
     assert resolve_config("replicate.yaml") == "replicate.yaml"  # an existing file wins over the shipped name
-    with pytest.raises(FileNotFoundError, match="shipped: bloom-1b1, llama-3.2-1b"):
+    with pytest.raises(FileNotFoundError, match="shipped: bloom-1b1, frontier, llama-3.2-1b"):
         resolve_config("nope")
 
 
@@ -306,3 +308,16 @@ def test_recipe_push_to_hub_uses_our_model_card(tmp_path, tiny_dir, monkeypatch)
         ]
     )
     assert api.upload_folder.call_count == 1 and api.upload_folder.call_args.kwargs["repo_id"] == "me/tiny-slowed"
+
+
+@pytest.mark.parametrize("arm, peft_type", [("lora", "LORA"), ("ema", "SLOWED"), ("l2sp", "SLOWED")])
+def test_recipe_trains_the_baseline_arms(tmp_path, tiny_dir, arm, peft_type):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / f"out-{arm}"
+    trainer = sft_run(["--config", tiny_recipe(tmp_path, tiny_dir), "--arm", arm, "--output_dir", str(out)])
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == peft_type
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), str(out))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(loaded(ids).logits, trainer.model.eval()(ids).logits, rtol=1e-4, atol=1e-5)

@@ -13,7 +13,8 @@ its builder in :data:`ADAPTERS`).
 
 and the baselines a user would pick instead of Slow Tuning (``slowed-frontier`` compares them at matched learning):
 
-    lora    PEFT LoRA (r = lora_r, alpha = lora_alpha, all-linear), no masking
+    lora    PEFT LoRA, no masking: TRL's ``lora_r`` / ``lora_alpha`` / ``lora_dropout`` / ``lora_target_modules``
+            in the recipe (TRL's ``ModelConfig``), else r = 16, alpha = 32, no dropout, all-linear
     ema     sft, evaluated and saved as the parameter-space EMA of its weights (decay ema_decay)
     l2sp    sft with decoupled weight decay ``l2sp_strength`` on the dense delta D (pulls W toward W0)
 
@@ -24,11 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from peft import PeftConfig
 from transformers.utils import logging
-from trl import ScriptArguments
+from trl import ModelConfig, ScriptArguments
 
 from ..masking.config import SLowEDSFTConfig
 from ..tuner.config import SLowEDConfig
@@ -57,7 +58,7 @@ ARMS: dict[str, Arm] = {
     "lem": Arm("Low-Entropy Masking only", masks=True),
     "slowed": Arm("Slow Tuning + Low-Entropy Masking", slow=True, masks=True),
     "full": Arm("all weights, no adapter, no masking", adapter=None),
-    "lora": Arm("PEFT LoRA (r = lora_r, all-linear), no masking", adapter="lora"),
+    "lora": Arm("PEFT LoRA (TRL's lora_r, lora_alpha, ...), no masking", adapter="lora"),
     "ema": Arm("plain distillation, the parameter-space EMA of the weights evaluated and saved", ema=True),
     "l2sp": Arm("plain distillation with weight decay l2sp_strength on the delta (toward W0)", l2sp=True),
 }
@@ -97,8 +98,6 @@ class SLowEDArguments:
     slowed_target_modules: list[str] = field(
         default_factory=lambda: ["all-linear"], metadata={"help": "Modules to wrap ('all-linear' or names)."}
     )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (lora arm)."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (lora arm)."})
     ema_decay: float = field(default=0.95, metadata={"help": "EMA decay per optimizer step, in [0, 1) (ema arm)."})
     l2sp_strength: float = field(
         default=400.0, metadata={"help": "Decoupled weight decay on the delta (l2sp arm): W → W0 at lr·this per step."}
@@ -107,51 +106,66 @@ class SLowEDArguments:
     def __post_init__(self) -> None:
         if self.arm not in ARMS:
             raise ValueError(f"`arm` must be one of {tuple(ARMS)}; got arm={self.arm!r}.")
-        if isinstance(self.lora_r, bool) or not isinstance(self.lora_r, int) or self.lora_r < 1:
-            raise ValueError(f"`lora_r` must be an integer >= 1; got lora_r={self.lora_r!r}.")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must be in [0, 1); got ema_decay={self.ema_decay!r}.")
         if not (self.l2sp_strength >= 0.0 and self.l2sp_strength < float("inf")):
             raise ValueError(f"`l2sp_strength` must be finite and >= 0; got l2sp_strength={self.l2sp_strength!r}.")
 
 
-def slowed_adapter(args: SLowEDArguments) -> SLowEDConfig:
+def slowed_adapter(args: SLowEDArguments, model_config: Optional[ModelConfig] = None) -> SLowEDConfig:
     """The dense (or rank-``slowed_r``) SLowED delta: bounded (γ, ρ) for Slow Tuning arms, else γ = 1, ρ = None."""
     slow = ARMS[args.arm].slow
-    targets = args.slowed_target_modules
-    target_modules = "all-linear" if targets in (["all-linear"], "all-linear") else list(targets)
     return SLowEDConfig(
         r=args.slowed_r,
         slow_factor=args.slow_factor if slow else 1.0,
         max_drift=args.max_drift if slow else None,
         drift_granularity=args.drift_granularity,
-        target_modules=target_modules,
+        target_modules=_targets(args.slowed_target_modules),
         task_type="CAUSAL_LM",
     )
 
 
-def lora_adapter(args: SLowEDArguments) -> PeftConfig:
-    """PEFT LoRA on the same layers (the "LoRA learns less and forgets less" baseline), no dropout."""
+def lora_adapter(args: SLowEDArguments, model_config: Optional[ModelConfig] = None) -> PeftConfig:
+    """PEFT LoRA, the "learns less, forgets less" baseline: TRL's LoRA fields when the recipe has them (a
+    ``ModelConfig``), else r = 16, alpha = 32, no dropout, on the layers SLowED wraps."""
     from peft import LoraConfig
 
-    targets = args.slowed_target_modules
-    target_modules = "all-linear" if targets in (["all-linear"], "all-linear") else list(targets)
+    if model_config is not None:
+        targets = model_config.lora_target_modules or args.slowed_target_modules
+        return LoraConfig(
+            r=model_config.lora_r,
+            lora_alpha=model_config.lora_alpha,
+            lora_dropout=model_config.lora_dropout,
+            target_modules=_targets(targets),
+            task_type="CAUSAL_LM",
+        )
     return LoraConfig(
-        r=args.lora_r,
-        lora_alpha=args.lora_alpha,
+        r=16,
+        lora_alpha=32,
         lora_dropout=0.0,
-        target_modules=target_modules,
+        target_modules=_targets(args.slowed_target_modules),
         task_type="CAUSAL_LM",
     )
 
 
-ADAPTERS: dict[str, Callable[[SLowEDArguments], PeftConfig]] = {"slowed": slowed_adapter, "lora": lora_adapter}
+def _targets(targets: Union[str, list[str]]) -> Union[str, list[str]]:
+    """PEFT's ``target_modules``: a string as is ('all-linear', a regex), a list of names as a list."""
+    if isinstance(targets, str):
+        return targets
+    return "all-linear" if list(targets) == ["all-linear"] else list(targets)
 
 
-def peft_config_for_arm(args: SLowEDArguments) -> Optional[PeftConfig]:
-    """The adapter an arm trains (None: the arm fine-tunes every weight of the model itself)."""
+ADAPTERS: dict[str, Callable[[SLowEDArguments, Optional[ModelConfig]], PeftConfig]] = {
+    "slowed": slowed_adapter,
+    "lora": lora_adapter,
+}
+
+
+def peft_config_for_arm(args: SLowEDArguments, model_config: Optional[ModelConfig] = None) -> Optional[PeftConfig]:
+    """The adapter an arm trains (None: the arm fine-tunes every weight of the model itself); ``model_config``
+    (TRL's ``ModelConfig`` of a recipe) supplies the LoRA settings of the ``lora`` arm."""
     adapter = ARMS[args.arm].adapter
-    return None if adapter is None else ADAPTERS[adapter](args)
+    return None if adapter is None else ADAPTERS[adapter](args, model_config)
 
 
 def apply_arm_to_training_args(args: SLowEDArguments, training_args: SLowEDSFTConfig) -> SLowEDSFTConfig:

@@ -95,6 +95,7 @@ def main(
         train,
         evaluation,
         resume_from_checkpoint=training_args.resume_from_checkpoint,
+        model_config=model_args,
     )
     trainer.save_model(training_args.output_dir)
     history = trainer.state.log_history

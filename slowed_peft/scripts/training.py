@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Optional, Union
 
 from transformers import PreTrainedModel, TrainerCallback
+from trl import ModelConfig
 
 from ..masking.config import SLowEDSFTConfig
 from ..masking.ema import ParameterEMACallback
@@ -31,6 +32,7 @@ def train_arm(
     eval_dataset: Any = None,
     callbacks: Optional[list[TrainerCallback]] = None,
     resume_from_checkpoint: Union[str, bool, None] = None,
+    model_config: Optional[ModelConfig] = None,
 ) -> SLowEDTrainer:
     """Train ``model`` as ``arm`` says — its adapter (none for ``full``) and its masking, set on ``training_args`` in
     place — and return the trainer: ``trainer.model`` is the trained model, ``state.log_history`` holds the loss,
@@ -39,7 +41,8 @@ def train_arm(
     Without masking and without an adapter, ``SLowEDTrainer`` computes exactly ``SFTTrainer``'s loss and gradients.
     An ``ema`` arm's trainer ends with the averaged weights in ``trainer.model`` (pass your own
     ``ParameterEMACallback`` first in ``callbacks`` to evaluate the average during training, see
-    ``CheckpointEvalCallback(weights=ema.swapped)``); the ``l2sp`` arm sets ``training_args.weight_decay``.
+    ``CheckpointEvalCallback(weights=ema.swapped)``); the ``l2sp`` arm sets ``training_args.weight_decay``; the
+    ``lora`` arm reads TRL's LoRA fields from ``model_config`` when given.
     """
     apply_arm_to_training_args(arm, training_args)
     callbacks = list(callbacks or [])
@@ -51,7 +54,7 @@ def train_arm(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        peft_config=peft_config_for_arm(arm),
+        peft_config=peft_config_for_arm(arm, model_config),
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
