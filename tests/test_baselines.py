@@ -114,7 +114,12 @@ def test_lora_arm_is_peft_lora_on_the_same_layers(setup, tmp_path):
     assert isinstance(config, LoraConfig) and (config.r, config.lora_alpha, config.lora_dropout) == (16, 32, 0.0)
     trl_keys = ModelConfig(lora_r=4, lora_alpha=8, lora_dropout=0.1, lora_target_modules=["q_proj"])
     config = peft_config_for_arm(SLowEDArguments(arm="lora"), trl_keys)
-    assert (config.r, config.lora_alpha, config.lora_dropout, config.target_modules) == (4, 8, 0.1, {"q_proj"})
+    assert (config.r, config.lora_alpha, config.lora_dropout, config.target_modules) == (
+        4,
+        8,
+        0.1,
+        {"q_proj"},
+    )  # TRL made it "q_proj"
     trainer = train_arm(
         SLowEDArguments(arm="lora"),
         AutoModelForCausalLM.from_pretrained(path),

@@ -149,9 +149,10 @@ def lora_adapter(args: SLowEDArguments, model_config: Optional[ModelConfig] = No
 
 
 def _targets(targets: Union[str, list[str]]) -> Union[str, list[str]]:
-    """PEFT's ``target_modules``: a string as is ('all-linear', a regex), a list of names as a list."""
+    """PEFT's ``target_modules``: 'all-linear' or a regex as is, names as a list — also one plain name, which TRL's
+    ``ModelConfig`` turns from ``[q_proj]`` into ``"q_proj"`` (a regex PEFT would match against the full path)."""
     if isinstance(targets, str):
-        return targets
+        return [targets] if targets != "all-linear" and targets.replace("_", "").isalnum() else targets
     return "all-linear" if list(targets) == ["all-linear"] else list(targets)
 
 
