@@ -60,13 +60,19 @@ def matched(path: list[dict], nll0: float, ref_reduction: float, level: float) -
     return None
 
 
-def bootstrap_mean(per_seed: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap distribution of the mean refusal over seeds × prompts (resampling both)."""
+def bootstrap_mean(
+    per_seed: list[np.ndarray], rng: np.random.Generator, other: Optional[list[np.ndarray]] = None
+) -> np.ndarray:
+    """Bootstrap distribution of the mean refusal over seeds × prompts (resampling both); with ``other``, of the
+    difference ``mean(per_seed) − mean(other)`` with the same prompts drawn for both (paired), seeds drawn apart."""
     stack = np.stack(per_seed)  # [seeds, prompts]
-    s, p = stack.shape
-    seeds = rng.integers(0, s, size=(BOOTSTRAP, s))
-    prompts = rng.integers(0, p, size=(BOOTSTRAP, p))
-    return np.array([stack[seeds[i]][:, prompts[i]].mean() for i in range(BOOTSTRAP)])
+    prompts = rng.integers(0, stack.shape[1], size=(BOOTSTRAP, stack.shape[1]))
+
+    def means(x: np.ndarray) -> np.ndarray:
+        seeds = rng.integers(0, x.shape[0], size=(BOOTSTRAP, x.shape[0]))
+        return np.array([x[seeds[i]][:, prompts[i]].mean() for i in range(BOOTSTRAP)])
+
+    return means(stack) if other is None else means(stack) - means(np.stack(other))
 
 
 def _interval(samples: np.ndarray) -> tuple[float, float]:
@@ -75,8 +81,8 @@ def _interval(samples: np.ndarray) -> tuple[float, float]:
 
 
 def summarise(runs: dict[str, list[dict]], initial: dict, seed: int = 0) -> dict[str, Any]:
-    """Per method: final numbers and matched-learning refusal / KL with intervals; the bootstrap samples are kept
-    (under ``"_samples"``) so that differences between methods get intervals with the same prompts resampled."""
+    """Per method: final numbers and matched-learning refusal / KL with intervals; the per-seed, per-prompt refusals at
+    each level are kept (under ``"_samples"``) so that differences between methods get paired intervals."""
     rng = np.random.default_rng(seed)
     nll0 = initial["cot_nll"]
     if REFERENCE not in runs:
@@ -105,7 +111,8 @@ def summarise(runs: dict[str, list[dict]], initial: dict, seed: int = 0) -> dict
             if any(pt is None for pt in points):
                 row[key] = None
                 continue
-            samples = bootstrap_mean([pt["flags"] for pt in points], rng)
+            flags = [pt["flags"] for pt in points]
+            samples = bootstrap_mean(flags, rng)
             kls = np.array([pt["harmful_kl"] for pt in points])
             row[key] = {
                 "refusal": float(np.mean([pt["flags"].mean() for pt in points])),
@@ -114,18 +121,18 @@ def summarise(runs: dict[str, list[dict]], initial: dict, seed: int = 0) -> dict
                 "kl_range": (float(kls.min()), float(kls.max())),
                 "epoch": float(np.mean([pt["epoch"] for pt in points])),
             }
-            row["_samples"][key] = samples
+            row["_samples"][key] = flags
         table[method] = row
     return {"nll0": nll0, "ref_reduction": ref_reduction, "methods": table}
 
 
-def difference(summary: dict, a: str, b: str, level: str) -> Optional[tuple[float, float, float]]:
-    """Refusal of ``a`` minus ``b`` at ``level``: (mean, 2.5%, 97.5%) from the bootstrap samples, or None."""
+def difference(summary: dict, a: str, b: str, level: str, seed: int = 0) -> Optional[tuple[float, float, float]]:
+    """Refusal of ``a`` minus ``b`` at ``level``: (mean, 2.5%, 97.5%) of a paired bootstrap (same prompts), or None."""
     ra, rb = summary["methods"].get(a, {}).get(level), summary["methods"].get(b, {}).get(level)
     if not ra or not rb:
         return None
-    diff = summary["methods"][a]["_samples"][level] - summary["methods"][b]["_samples"][level]
-    lo, hi = _interval(diff)
+    flags_a, flags_b = summary["methods"][a]["_samples"][level], summary["methods"][b]["_samples"][level]
+    lo, hi = _interval(bootstrap_mean(flags_a, np.random.default_rng(seed), other=flags_b))
     return ra["refusal"] - rb["refusal"], lo, hi
 
 
@@ -160,8 +167,8 @@ def verdicts(summary: dict) -> list[str]:
             if base is None or not methods[m].get(level):
                 who = "no baseline" if base is None else m
                 lines.append(
-                    f"**{m} vs the best baseline at {level} of SFT's learning: not resolvable** — {who} reaches that "
-                    f"much learning within {methods[m]['epochs'][-1]:.0f} epochs."
+                    f"**{m} vs the best baseline at {level} of SFT's learning: not resolvable** — {who} does not reach "
+                    f"that much learning within {methods[m]['epochs'][-1]:.0f} epochs."
                 )
                 continue
             d = difference(summary, m, base, level)
