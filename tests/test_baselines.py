@@ -254,3 +254,15 @@ def test_frontier_config_parses_every_key():
     )
     assert remaining == [] and (args.train_rows, args.epochs, args.safety_limit) == (16, 3, 128)
     assert args.steps_per_epoch == 4 and len(args.plan()) == 3 * len(CORE) + len(EXTRA)
+
+
+@pytest.mark.slow
+def test_frontier_quick_run_writes_the_report(tmp_path):
+    from slowed_peft.scripts.frontier import run
+
+    summary = run(["--quick", "--output_dir", str(tmp_path), "--workers", "1"])
+    assert set(summary["methods"]) == {"sft lr=1e-4", "slowed", "ema", "lora r=16"}
+    for name in ("results.md", "summary.json", "frontier_refusal.png", "frontier_kl.png", "refusal_per_epoch.png"):
+        assert (tmp_path / name).is_file(), name
+    again = run(["--quick", "--output_dir", str(tmp_path), "--workers", "1"])  # resumes: nothing retrained
+    assert again["methods"]["slowed"]["refusal_final"] == summary["methods"]["slowed"]["refusal_final"]
