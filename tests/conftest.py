@@ -37,3 +37,12 @@ def tiny_llama(tmp_path):
 @pytest.fixture
 def char_tokenizer():
     return build_char_tokenizer()
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    """A saved tiny Llama with the char tokenizer (a folder a recipe can load by path)."""
+    path = tmp_path / "tiny"
+    build_tiny("llama", path)
+    build_char_tokenizer(path)
+    return str(path)

@@ -17,21 +17,10 @@ from slowed_peft.scripts.frontier import CORE, EXTRA, METHODS, PRIMARY, Frontier
 from slowed_peft.scripts.frontier_report import difference, matched, summarise
 from slowed_peft.scripts.training import train_arm
 
-from testing_utils import build_char_tokenizer, build_tiny
+from testing_utils import TRAINER_ARGS, build_char_tokenizer, build_tiny
 
 
-COMMON = dict(
-    use_cpu=True,
-    bf16=False,
-    report_to="none",
-    logging_steps=1,
-    save_strategy="no",
-    max_length=64,
-    learning_rate=5e-3,
-    seed=0,
-    disable_tqdm=True,
-    per_device_train_batch_size=2,
-)
+COMMON = dict(TRAINER_ARGS, per_device_train_batch_size=2)
 
 
 @pytest.fixture

@@ -22,8 +22,6 @@ from slowed_peft.scripts.configs import resolve_config, shipped_configs
 from slowed_peft.scripts.sft import make_parser
 from slowed_peft.scripts.sft import run as sft_run
 
-from testing_utils import build_char_tokenizer, build_tiny
-
 
 try:
     import tomllib
@@ -34,14 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 CONSOLE_SCRIPTS = PYPROJECT["project"]["scripts"]
 SFT_CONFIGS = ["bloom-1b1", "llama-3.2-1b", "qwen2.5-1.5b", "smollm2-135m-demo"]
-
-
-@pytest.fixture
-def tiny_dir(tmp_path):
-    path = tmp_path / "tiny"
-    build_tiny("llama", path)
-    build_char_tokenizer(path)
-    return str(path)
 
 
 def tiny_recipe(tmp_path, tiny_dir) -> str:

@@ -21,21 +21,10 @@ from slowed_peft import (
     annotate_entropy,
 )
 
-from testing_utils import build_char_tokenizer, build_tiny
+from testing_utils import TRAINER_ARGS, build_char_tokenizer, build_tiny
 
 
-COMMON = dict(
-    use_cpu=True,
-    bf16=False,
-    report_to="none",
-    logging_steps=1,
-    save_strategy="no",
-    max_length=64,
-    learning_rate=5e-3,
-    seed=0,
-    dataloader_num_workers=0,
-    disable_tqdm=True,
-)
+COMMON = TRAINER_ARGS
 
 
 def cot_rows(n: int = 8) -> list[dict]:

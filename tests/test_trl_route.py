@@ -12,14 +12,13 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 import yaml
 from datasets import Dataset
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer
 
 from slowed_peft import SLowEDConfig
 
-from testing_utils import build_char_tokenizer, build_tiny
+from testing_utils import build_char_tokenizer
 
 
 TRL_SFT_DATACLASSES = (ScriptArguments, SFTConfig, ModelConfig)  # trl/scripts/sft.py, less the dataset mixture
@@ -35,14 +34,6 @@ def test_recipe_parser_accepts_every_trl_sft_key():
     dests = {action.dest for action in make_parser()._actions}
     for cls in TRL_SFT_DATACLASSES:
         assert not sorted(_init_fields(cls) - dests), f"{cls.__name__} keys that slowed-sft refuses"
-
-
-@pytest.fixture
-def tiny_dir(tmp_path):
-    path = tmp_path / "tiny"
-    build_tiny("llama", path)
-    build_char_tokenizer(path)
-    return str(path)
 
 
 def test_a_trl_sft_yaml_runs_unchanged_through_slowed_sft(tmp_path, tiny_dir):

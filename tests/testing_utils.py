@@ -15,6 +15,20 @@ from transformers import (
 
 VOCAB = 96
 
+# Trainer settings of the small in-process training tests: CPU, fp32, a log per step, no saving, no reporting.
+TRAINER_ARGS = dict(
+    use_cpu=True,
+    bf16=False,
+    report_to="none",
+    logging_steps=1,
+    save_strategy="no",
+    max_length=64,
+    learning_rate=5e-3,
+    seed=0,
+    dataloader_num_workers=0,
+    disable_tqdm=True,
+)
+
 
 def tiny_config(family: str):
     """A 2-layer, 32-wide config of the given family (Qwen2 and Llama use GQA; BLOOM fused qkv; GPT-2 Conv1D)."""
