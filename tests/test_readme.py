@@ -23,7 +23,7 @@ def test_quickstart_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     build_tiny("qwen2", tmp_path / "tiny-qwen2")
     blocks = python_blocks("Quickstart")
-    assert len(blocks) == 2 and "Qwen/Qwen2.5-1.5B" in blocks[0]
+    assert len(blocks) == 1 and "Qwen/Qwen2.5-1.5B" in blocks[0]
     ns: dict = {}
     exec(blocks[0].replace("Qwen/Qwen2.5-1.5B", str(tmp_path / "tiny-qwen2")), ns)
     assert ns["drift"].max == 0.0
@@ -32,6 +32,9 @@ def test_quickstart_runs(tmp_path, monkeypatch):
         for p in ns["model"].parameters():
             if p.requires_grad:
                 p.normal_(0, 0.05)
-    exec(blocks[1], ns)
+    (export,) = [b for b in python_blocks("Use it elsewhere") if "export_as_lora" in b]  # for users without us
+    ns["ids"] = torch.randint(0, 64, (2, 8))
+    exec(export, ns)
     assert (tmp_path / "slowed-as-lora" / "adapter_config.json").exists()
-    assert 0 <= ns["report"].max_rel_error < 0.2
+    report = ns["report"]  # a budget above the dense size is capped at it: rank ≤ half the width of a square matrix
+    assert report.nbytes <= report.adapter_nbytes and 0 < report.max_rel_error < 0.6 and report.logit_kl < 1e-3
