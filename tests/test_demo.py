@@ -53,3 +53,11 @@ def test_demo_end_to_end_on_the_embedded_model(tmp_path):
     assert (tmp_path / "before_after.png").exists() and (tmp_path / "adapter" / "training_curves.png").exists()
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["after"]["safety"]["probes"]["harmful_kl"] >= 0 and report["arm"] == "slowed"
+
+
+def test_demo_refuses_unknown_flags_before_any_work(capsys):
+    from slowed_peft.scripts.demo import run
+
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--no-such-flag-xyz", "1"])
+    assert exit_info.value.code == 2 and "--no-such-flag-xyz" in capsys.readouterr().err

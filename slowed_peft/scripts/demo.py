@@ -89,9 +89,11 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     train_argv = ["--config", args.config, "--output_dir", str(adapter_dir), *extra]
     if args.max_steps is not None:
         train_argv += ["--max_steps", str(args.max_steps)]
-    script_args, training_args, model_args, slowed_args, _ = make_parser().parse_args_and_config(
+    script_args, training_args, model_args, slowed_args, unknown = make_parser().parse_args_and_config(
         args=train_argv, return_remaining_strings=True
     )
+    if unknown:  # refuse before minutes of evaluation, not after
+        ap.error(f"unrecognized arguments (neither the demo's nor the training step's): {' '.join(unknown)}")
     if training_args.max_steps > 0 and training_args.logging_steps > training_args.max_steps:
         training_args.logging_steps = 1  # a short run still logs the steps its training curves are drawn from
     eval_args = EvalArguments(
