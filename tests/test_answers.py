@@ -89,6 +89,8 @@ def test_bbh_answer_format_and_extraction():
         ("(A) is false, (C) is true.\nFinal: see above", "ABCD", None, "C"),
         ("Let me think.\nE", "ABCDE", None, "E"),
         ("Answer: E", "ABCDE", None, "E"),  # AGIEval style
+        ("The best answer is C", "ABCD", None, "C"),  # lm-eval's arc_challenge_chat gen_prefix + letter
+        ("The correct answer is (B).", "ABCD", None, "B"),
         ("So the answer is (F).", "ABCDE", None, None),
         ("", "ABCD", None, None),
     ],

@@ -1,8 +1,10 @@
-"""lm-evaluation-harness: the ``lm_eval`` CLI loads a SLOWED adapter with no code change (start-up hook), and the
-task YAMLs of ``slowed_peft/lm_eval_tasks`` run offline over ``$SLOWED_DATA_DIR``."""
+"""lm-evaluation-harness: the ``lm_eval`` CLI loads a SLOWED adapter with no code change (start-up hook), the task
+YAMLs of ``slowed_peft/lm_eval_tasks`` run offline over ``$SLOWED_DATA_DIR`` and mirror lm-eval's own, and our scorers
+agree with lm-eval's on the same generations (``slowed_peft.lm_eval_tasks.crosscheck``)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -11,12 +13,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from test_hook import save_tiny_adapter
 
-from slowed_peft.lm_eval_tasks import TASK_NAMES, TASKS_DIR
+from slowed_peft.eval.tasks import BBH_TASKS
+from slowed_peft.lm_eval_tasks import BBH_GROUP, BBH_TASK_NAMES, TASK_NAMES, TASKS_DIR
 
 
 pytest.importorskip("lm_eval", reason="the `eval` extra (lm_eval) is not installed")
+LM = pytest.importorskip("lm_eval.api.model").LM
 DATA = os.environ.get("SLOWED_DATA_DIR")
 needs_data = pytest.mark.skipif(
     not DATA or not os.path.isfile(os.path.join(DATA or "", "arc", "ARC-Challenge-Test.jsonl")),
@@ -33,6 +38,8 @@ def test_tasks_dir_is_printed_by_the_module():
     res = subprocess.run([sys.executable, "-m", "slowed_peft.lm_eval_tasks"], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.strip() == TASKS_DIR
     assert {p.stem for p in Path(TASKS_DIR).glob("*.yaml")} == set(TASK_NAMES)
+    assert {p.stem for p in Path(TASKS_DIR, "bbh").glob("*.yaml")} == {*BBH_TASKS, f"_{BBH_GROUP}"}
+    assert BBH_TASK_NAMES == tuple(f"{BBH_GROUP}_{t}" for t in BBH_TASKS)
 
 
 @needs_data
@@ -78,3 +85,223 @@ def test_lm_eval_cli_loads_a_slowed_adapter_without_code_change(tmp_path):
     results = json.loads(result_file.read_text())
     assert 0.0 <= results["results"]["slowed_arc_challenge"]["acc,none"] <= 1.0
     assert results["config"]["model_args"]["peft"] == adapter
+
+
+# ----------------------------------------------------------------------- the YAMLs mirror lm-eval's own tasks
+
+LM_EVAL_TASKS = Path(importlib.util.find_spec("lm_eval").origin).parent / "tasks"
+# Keys that differ on purpose: where the data comes from (the Hub vs $SLOWED_DATA_DIR) and the task's name.
+SOURCE_KEYS = {"task", "tag", "include", "dataset_path", "dataset_name", "dataset_kwargs", "custom_dataset"}
+
+
+def read_yaml(path: Path) -> dict:
+    """A task YAML with its ``include`` merged in and ``!function`` tags kept as their names."""
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: f"!function {loader.construct_scalar(node)}")
+    cfg = yaml.load(path.read_text(), Loader=Loader)  # noqa: S506 (SafeLoader subclass)
+    if "include" in cfg:
+        cfg = {**read_yaml(path.parent / cfg["include"]), **cfg}
+    return cfg
+
+
+def utils_module():
+    spec = importlib.util.spec_from_file_location("slowed_lm_eval_utils", Path(TASKS_DIR) / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not (LM_EVAL_TASKS / "bbh" / "cot_fewshot").is_dir(), reason="lm-eval's BBH YAMLs not found")
+@needs_data
+@pytest.mark.parametrize("task", BBH_TASKS)
+def test_bbh_task_is_lm_evals_bbh_cot_fewshot(task):
+    """Same settings as lm-eval's ``bbh_cot_fewshot_<task>``; the description and the 3 exemplars it spells out
+    in its YAML are exactly what the local ``cot-prompts/<task>.txt`` parses to."""
+    theirs = read_yaml(LM_EVAL_TASKS / "bbh" / "cot_fewshot" / f"{task}.yaml")
+    ours = read_yaml(Path(TASKS_DIR) / "bbh" / f"{task}.yaml")
+    assert ours["task"] == f"slowed_{theirs['task']}" and ours["dataset_kwargs"] == {"bbh_task": task}
+    description, exemplars = utils_module().parse_bbh_cot_prompt(
+        Path(DATA, "bbh", "cot-prompts", f"{task}.txt").read_text()
+    )
+    assert description == theirs["description"]
+    assert exemplars == theirs["fewshot_config"]["samples"]
+    # Ours reads both from the data (a `description` column, a `fewshot` split taken first-n); all else is equal.
+    assert ours.pop("description") == "{{description}}" and ours.pop("fewshot_split") == "fewshot"
+    theirs.pop("description")
+    assert theirs.pop("fewshot_config") == {"sampler": "first_n", "samples": exemplars}
+    assert ours.pop("fewshot_config") == {"sampler": "first_n"}
+    strip = lambda cfg: {k: v for k, v in cfg.items() if k not in SOURCE_KEYS}  # noqa: E731
+    assert strip(ours) == strip(theirs)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        ("slowed_gsm8k.yaml", "gsm8k/gsm8k.yaml"),
+        ("slowed_arc_challenge.yaml", "arc/arc_challenge.yaml"),
+        ("slowed_arc_challenge_chat.yaml", "arc/arc_challenge_chat.yaml"),
+        ("bbh/_slowed_bbh_cot_fewshot.yaml", "bbh/cot_fewshot/_bbh_cot_fewshot.yaml"),
+    ],
+)
+def test_task_is_lm_evals_task_of_the_same_name(ours, theirs):
+    if not (LM_EVAL_TASKS / theirs).is_file():
+        pytest.skip(f"lm-eval's {theirs} not found")
+    mine, ref = read_yaml(Path(TASKS_DIR) / ours), read_yaml(LM_EVAL_TASKS / theirs)
+    if "group" in ref:
+        assert mine.pop("group") == f"slowed_{ref.pop('group')}"
+        assert mine.pop("task") == [f"slowed_{t}" for t in ref.pop("task")]
+    strip = lambda cfg: {k: v for k, v in cfg.items() if k not in SOURCE_KEYS}  # noqa: E731
+    assert strip(mine) == strip(ref)
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    """An lm-eval task index over this folder alone (lm-eval's own thousands of YAMLs take a minute to index)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=TASKS_DIR, include_defaults=False)
+
+
+@pytest.fixture(scope="module")
+def scored_tasks(task_manager):
+    """lm-eval's task objects for the three generative tasks (their filters and metric are what we compare with)."""
+    from lm_eval.tasks import get_task_dict
+
+    names = ["slowed_gsm8k", "slowed_arc_challenge_chat", f"{BBH_GROUP}_boolean_expressions"]
+    return get_task_dict(names, task_manager)
+
+
+@needs_data
+def test_bbh_prompt_is_our_bbh_prompt(scored_tasks):
+    """lm-eval renders the BBH prompt our own evaluator uses (``bbh_examples``), plus lm-eval's newline after "step."."""
+    from slowed_peft.eval.tasks import bbh_examples
+
+    task = scored_tasks[f"{BBH_GROUP}_boolean_expressions"]
+    docs = list(task.test_docs())[:2]
+    ours = bbh_examples("boolean_expressions", DATA, limit=2)
+    assert [task.fewshot_context(doc, 3) for doc in docs] == [f"{e.prompt}\n" for e in ours]
+    assert [task.doc_to_target(doc) for doc in docs] == [e.answer for e in ours]
+
+
+# ------------------------------------------------------------- our scorers against lm-eval's, same generations
+
+
+class ScriptedLM(LM):
+    """An lm-eval model that answers each request with ``respond(task_name, doc_id, doc)``, cut at the request's
+    stop strings as ``HFLM`` cuts its generations."""
+
+    def __init__(self, respond) -> None:
+        super().__init__()
+        self.respond = respond
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        out = []
+        for req in requests:
+            text = self.respond(req.task_name, req.doc_id, req.doc)
+            for stop in req.args[1].get("until", []):
+                text = text.split(stop)[0]
+            out.append(text)
+        return out
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError
+
+
+def gsm8k_response(i: int, doc: dict) -> str:
+    gold = int(float(doc["answer"].rsplit("####", 1)[1].strip().replace(",", "")))
+    return [
+        doc["answer"],  # the few-shot format: worked solution, "#### N"
+        f"She pays {gold} dollars in all.\nQuestion: And then?",  # a run-on question is cut (until)
+        f"So the answer is {gold:,}.",
+        f"{gold} + 6 = {gold + 6}\n#### {gold + 6}",  # wrong
+        "I cannot tell from the question.",  # no number
+        f"First, {gold - 1} is too small. The answer is {gold}.",
+    ][i % 6]
+
+
+def arc_response(i: int, doc: dict) -> str:
+    key = str(doc["answerKey"])
+    gold = "ABCD"[int(key) - 1] if key in "1234" else key
+    wrong = "B" if gold == "A" else "A"
+    return [f" {gold}", f" ({gold})", f" {wrong}", f" {gold}.", " none of them", f" ({wrong})"][i % 6]
+
+
+def bbh_response(i: int, doc: dict) -> str:
+    target = doc["target"]
+    other = {"True": "False", "False": "True"}.get(target, "(A)" if target != "(A)" else "(B)")
+    return [
+        f"Let's evaluate A: A = {target}. So the answer is {target}.",
+        f"So the answer is {other}.",
+        f"Z = {target}. So the answer is {target}.\n\nQ: not True is",  # cut at the blank line (until)
+        "I do not know.",
+        f"A = {other}. So the answer is {target}.\nThat is all.",
+        f"So the answer is {other}. Hmm",
+    ][i % 6]
+
+
+def scripted(task: str, i: int, doc: dict) -> str:
+    if task == "slowed_gsm8k":
+        return gsm8k_response(i, doc)
+    if task == "slowed_arc_challenge_chat":
+        return arc_response(i, doc)
+    return bbh_response(i, doc)
+
+
+@needs_data
+def test_our_scorers_agree_with_lm_eval_on_the_same_generations(task_manager):
+    """Issue 18: on the same responses our scorer and lm-eval's agree within one example per task (here: all)."""
+    from slowed_peft.lm_eval_tasks.crosscheck import cross_check
+
+    tasks = ["slowed_gsm8k", "slowed_arc_challenge_chat", f"{BBH_GROUP}_boolean_expressions", f"{BBH_GROUP}_snarks"]
+    results, agreements = cross_check(ScriptedLM(scripted), tasks, limit=12, task_manager=task_manager)
+    for task in tasks:
+        ref = agreements[task][0]
+        assert ref.n == 12 and ref.disagree <= 1, ref.to_dict()
+        assert 0 < ref.lm_eval_correct < 12  # right and wrong answers both occur
+        assert results["results"][task][f"exact_match,{ref.filter}"] == pytest.approx(ref.lm_eval_correct / 12)
+    assert [a.filter for a in agreements["slowed_gsm8k"]] == ["flexible-extract", "strict-match"]
+
+
+def lm_eval_verdict(task, name: str, doc: dict, response: str) -> bool:
+    """lm-eval's ``exact_match`` for one response: the task's filters, then its metric (as its evaluator runs them)."""
+    from lm_eval.api.instance import Instance
+
+    from slowed_peft.lm_eval_tasks.crosscheck import reference_filter
+
+    inst = Instance("generate_until", doc, ("", {}), 0, (name, 0, 1))
+    inst.resps = [response]
+    task._instances = [inst]
+    task.apply_filters()
+    return bool(task.process_results(doc, [inst.filtered_resps[reference_filter(name)]])["exact_match"])
+
+
+@needs_data
+@pytest.mark.parametrize(
+    ("task", "doc", "response"),
+    [
+        # lm-eval's get-answer regex is case-sensitive and needs a lower-case "the answer is" and a final character.
+        ("bbh", {"target": "False"}, "So the answer is false."),
+        ("bbh", {"target": "False"}, "The answer is False."),
+        ("bbh", {"target": "False"}, "So the answer is False"),
+        ("bbh", {"target": "False"}, "So the answer is False. We are done."),  # greedy: "False. We are done"
+        # flexible-extract compares strings: "18.00" is not "18".
+        ("gsm8k", {"answer": "6 * 3 = 18\n#### 18"}, "She pays $18.00."),
+        # remove_whitespace keeps what follows the letter (the "." stop string cuts most of it).
+        ("arc", {"answerKey": "C", "choices": {"text": ["a", "b", "c", "d"]}}, " C: c"),
+        # ... and what precedes it: ": C" loses only the ":" to ignore_punctuation, " c" is not "c" (SmolLM2 says so).
+        ("arc", {"answerKey": "C", "choices": {"text": ["a", "b", "c", "d"]}}, ": C"),
+    ],
+)
+def test_where_our_scorers_are_more_lenient_than_lm_eval(scored_tasks, task, doc, response):
+    """The known differences, by design: answers lm-eval's filters reject and our extractors read correctly."""
+    from slowed_peft.lm_eval_tasks.crosscheck import our_verdict
+
+    name = {"bbh": f"{BBH_GROUP}_boolean_expressions", "gsm8k": "slowed_gsm8k", "arc": "slowed_arc_challenge_chat"}
+    assert our_verdict(name[task], doc, response) is True
+    assert lm_eval_verdict(scored_tasks[name[task]], name[task], doc, response) is False

@@ -45,8 +45,11 @@ ANSWER_PREFIX = "So the answer is"
 _ANSWER_LINE_RE = re.compile(rf"{ANSWER_PREFIX}\s*(.+?)\s*\.?\s*$", re.MULTILINE)
 # A trailing answer sentence a teacher rationale may already carry ("... So the answer is (B)." / "The answer is 4.").
 _TRAILING_ANSWER_RE = re.compile(r"(?:^|(?<=[.!?\n]))\s*(?:So the answer is|The answer is)[^\n]*$")
-# "So the answer is", "the answer is", "The final answer is", "Answer:", "####" (GSM8K style).
-_ANSWER_CUE_RE = re.compile(r"(?:the\s+(?:final\s+)?answer\s+is\s*:?|\banswer\s*:|####)", re.IGNORECASE)
+# "So the answer is", "the answer is", "The final answer is", "The best answer is" (lm-eval's ARC / MMLU chat
+# prompts), "The correct answer is", "Answer:", "####" (GSM8K style).
+_ANSWER_CUE_RE = re.compile(
+    r"(?:the\s+(?:(?:final|best|correct)\s+)?answer\s+is\s*:?|\banswer\s*:|####)", re.IGNORECASE
+)
 # A new few-shot question started by a model that keeps going after its answer (PaLM teachers, base models).
 _NEW_QUESTION_RE = re.compile(r"\n\s*(?:Q|Question)\s*:")
 _DASHES = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2014": "-", "\u2019": "'", "\u2018": "'"})
