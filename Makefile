@@ -8,12 +8,15 @@ ifneq ($(wildcard ../shared/data),)
 export SLOWED_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup demo test test-slow bench lint
+.PHONY: setup setup-demo demo test test-slow bench lint
 
 setup:
 	VENV=$(VENV) bash scripts/setup.sh
 
-demo: setup
+setup-demo:  # only what the demo needs (no test, lint, DeepSpeed or lm-eval tools): a fresh machine starts sooner
+	VENV=$(VENV) EXTRAS=demo bash scripts/setup.sh
+
+demo: setup-demo
 	$(PY) -m slowed_peft.scripts.demo --output_dir outputs/demo
 
 test: setup

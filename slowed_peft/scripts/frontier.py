@@ -309,6 +309,7 @@ def run_all(args: FrontierArguments) -> dict:
     for stale in (out / "runs").glob("*.lock"):  # left by a killed worker: that run starts again
         stale.rmdir()
     (out / "args.json").write_text(json.dumps(asdict(args), indent=1))
+    held_out = _held_out(args)  # no data folder: the clear error here, not from every worker after the start-up
     print("[1/3] aligned student ...")
     student, alignment = _aligned_student(args)
     initial_path = out / "initial.json"
@@ -317,7 +318,7 @@ def run_all(args: FrontierArguments) -> dict:
     else:
         print("[2/3] initial checkpoint of the aligned student ...")
         base, tokenizer = load_model(student)
-        initial = StudyEvaluator(args, tokenizer, _held_out(args))(base, step=0, benign=True)
+        initial = StudyEvaluator(args, tokenizer, held_out)(base, step=0, benign=True)
         initial_path.write_text(json.dumps(initial, indent=1))
         del base
     plan = args.plan()

@@ -48,9 +48,17 @@ COMPRESSED_PARTS = (CODES, SCALE, BOOK, META)
 # ------------------------------------------------------------------------------------------------------ bit packing
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack integer codes in ``[0, 2**bits)`` into a flat ``uint8`` tensor (little-endian bit order)."""
-    flat = codes.reshape(-1).to(torch.int32)
-    shifts = torch.arange(bits, dtype=torch.int32, device=flat.device)
-    bitstream = ((flat[:, None] >> shifts) & 1).reshape(-1).to(torch.uint8)
+    flat = codes.reshape(-1).to(torch.uint8 if bits <= 8 else torch.int32)
+    if 8 % bits == 0:  # 1, 2, 4 or 8 bits: whole codes per byte, no bit stream needed
+        per_byte = 8 // bits
+        pad = (-flat.numel()) % per_byte
+        if pad:
+            flat = torch.cat([flat, flat.new_zeros(pad)])
+        groups = flat.reshape(-1, per_byte).to(torch.int32)
+        shifts = torch.arange(0, 8, bits, dtype=torch.int32, device=flat.device)
+        return (groups << shifts).sum(dim=1, dtype=torch.int32).to(torch.uint8)
+    shifts = torch.arange(bits, dtype=torch.uint8, device=flat.device)
+    bitstream = ((flat[:, None] >> shifts) & 1).reshape(-1)
     pad = (-bitstream.numel()) % 8
     if pad:
         bitstream = torch.cat([bitstream, bitstream.new_zeros(pad)])
@@ -72,18 +80,30 @@ def packed_bytes(numel: int, bits: int) -> int:
 
 # -------------------------------------------------------------------------------------------------- quantisation
 def _codebook(x: torch.Tensor, bits: int, generator: torch.Generator) -> torch.Tensor:
-    """``2**bits`` sorted code values fitted to the entries ``x`` by 1-D k-means (Lloyd), from quantile init."""
-    flat = x.reshape(-1)
+    """``2**bits`` sorted code values fitted to the entries ``x`` by 1-D k-means (Lloyd), from quantile init.
+
+    The sample is sorted once: a code's cell is then a contiguous slice, found by ``searchsorted`` of the cell
+    boundaries, and its mean comes from a prefix sum — each iteration costs O(k log n), not O(n log k)."""
+    flat = x.reshape(-1).float()
     if flat.numel() > KMEANS_SAMPLE:
         flat = flat[torch.randint(flat.numel(), (KMEANS_SAMPLE,), generator=generator, device="cpu").to(flat.device)]
-    k = 1 << bits
-    qs = (torch.arange(k, dtype=torch.float32, device=flat.device) + 0.5) / k
-    book = torch.quantile(flat, qs) if flat.numel() <= 1 << 24 else flat.sort().values[(qs * flat.numel()).long()]
+    ordered = flat.sort().values
+    n, k = ordered.numel(), 1 << bits
+    prefix = torch.cat([ordered.new_zeros(1, dtype=torch.float64), ordered.double().cumsum(0)])
+    # torch.quantile's "linear" interpolation at the cell centres (k + 0.5) / k, from the sorted sample
+    position = (torch.arange(k, dtype=torch.float64, device=flat.device) + 0.5) / k * (n - 1)
+    low = position.floor().long().clamp(max=n - 1)
+    high = (low + 1).clamp(max=n - 1)
+    frac = (position - low.double()).float()
+    book = ordered[low] + frac * (ordered[high] - ordered[low])
     for _ in range(KMEANS_ITERS):
-        idx = torch.bucketize(flat, (book[1:] + book[:-1]) / 2)
-        sums = torch.zeros(k, device=flat.device).index_add_(0, idx, flat)
-        counts = torch.zeros(k, device=flat.device).index_add_(0, idx, torch.ones_like(flat))
-        book = torch.where(counts > 0, sums / counts.clamp_min(1), book).sort().values
+        # the cell of code j holds the entries in (mid[j-1], mid[j]]: what torch.bucketize(x, mids) assigns
+        ends = torch.searchsorted(ordered, (book[1:] + book[:-1]) / 2, right=False)
+        bounds = torch.cat([ends.new_zeros(1), ends, ends.new_full((1,), n)])
+        counts = bounds[1:] - bounds[:-1]
+        sums = prefix[bounds[1:]] - prefix[bounds[:-1]]
+        means = (sums / counts.clamp_min(1).double()).float()
+        book = torch.where(counts > 0, means, book).sort().values
     return book
 
 
