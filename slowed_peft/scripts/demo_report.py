@@ -92,7 +92,7 @@ def verdicts(args: Any, start: dict, runs: dict[str, dict]) -> list[str]:
         out.append(
             "Under Adam, slow_factor γ acts as a learning-rate change: SLowED at lr L follows plain SFT at lr γ·L "
             "(docs/results.md: −0.001 [−0.002, +0.000] refusals at matched learning). Add sft_low_lr to --arms to see "
-            "that control here (about 2.5 more minutes on 2 CPU cores)."
+            "that control here (about 2 more minutes on 2 CPU cores)."
         )
     return out
 
@@ -110,7 +110,7 @@ def plot_demo(runs: dict[str, dict], start: dict, path: str, title: str) -> Opti
         ("refusal_ratio", "held-out AdvBench refusals"),
         ("harmful_kl", "harmful KL to the aligned student"),
         ("cot_nll", "held-out rationale NLL"),
-        ("train_loss", "training loss"),
+        ("train_loss", "training loss (masking arms: kept tokens only)"),
         ("drift", "max drift ‖W−W0‖/‖W0‖"),
     ]
     return plot_over_steps(series, keys, path, title)
