@@ -86,7 +86,18 @@ def test_demo_without_data_names_the_setting_before_any_work(tmp_path, monkeypat
 def test_demo_end_to_end_on_the_embedded_model(tmp_path):
     small = ["--safety_limit", "4", "--benign_limit", "4", "--nll_limit", "2", "--reasoning_limit", "2"]
     align = ["--align_harmful_limit", "8", "--align_benign_limit", "8", "--align_benign_max_new_tokens", "16"]
-    steps = ["--max_steps", "2", "--eval_steps", "1", "--batch_size", "2", "--reasoning_max_new_tokens", "16"]
+    steps = [
+        "--max_steps",
+        "2",
+        "--eval_steps",
+        "1",
+        "--batch_size",
+        "2",
+        "--reasoning_max_new_tokens",
+        "16",
+        "--workers",
+        "2",
+    ]
     report = run(["--output_dir", str(tmp_path), "--arms", "sft", "slowed", "sft_low_lr", *small, *align, *steps])
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists() and (tmp_path / "over_steps.png").exists()
     saved = json.loads((tmp_path / "report.json").read_text())

@@ -91,7 +91,7 @@ def test_config_flag_also_takes_the_equals_form():
 
 
 def test_the_package_stands_alone_without_the_repository(tmp_path):
-    """A copy of the package with no recipes/ next to it parses the shipped configs (demo default included)."""
+    """A copy of the package with no recipes/ next to it parses the shipped configs and imports the demo."""
     shutil.copytree(
         Path(slowed_peft.__file__).parent, tmp_path / "slowed_peft", ignore=shutil.ignore_patterns("__pycache__")
     )
@@ -99,16 +99,16 @@ def test_the_package_stands_alone_without_the_repository(tmp_path):
         "import slowed_peft, slowed_peft.scripts.demo as demo\n"
         "from slowed_peft.scripts.sft import make_parser\n"
         f"assert slowed_peft.__file__.startswith({str(tmp_path)!r}), slowed_peft.__file__\n"
-        "_, t, m, a, _ = make_parser().parse_args_and_config(args=['--config', demo.DEFAULT_CONFIG], "
+        "_, t, m, a, _ = make_parser().parse_args_and_config(args=['--config', 'smollm2-135m-demo'], "
         "return_remaining_strings=True)\n"
-        "print(m.model_name_or_path, t.max_steps, a.arm)\n"
+        "print(m.model_name_or_path, t.max_steps, a.arm, demo.DemoArguments().model_name_or_path)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     res = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.split() == ["smollm2-135m-instruct", "20", "slowed"]
+    assert res.stdout.split() == ["smollm2-135m-instruct", "20", "slowed", "smollm2-135m-instruct"]
 
 
 def test_console_script_help_exits_zero():
