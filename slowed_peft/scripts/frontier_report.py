@@ -204,12 +204,20 @@ def plot(summary: dict, runs: dict[str, list[dict]], initial: dict, out: Path) -
         ("harmful_kl", "harmful KL (nats/token)", "frontier_kl.png"),
     ):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for method, seeds in runs.items():
+        colours = plt.get_cmap("tab20").colors  # 13 methods: the default 10-colour cycle would repeat
+        for k, (method, seeds) in enumerate(runs.items()):
             paths = [[initial, *r["checkpoints"]] for r in seeds]
             x = np.mean([[(nll0 - p["cot_nll"]) / ref for p in path] for path in paths], axis=0)
             y = np.mean([[p[measure] for p in path] for path in paths], axis=0)
             style = "-" if method in SLOWED_METHODS or method.startswith("lem") else "--"
-            ax.plot(x, y, style, marker="o", label=f"{method} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+            ax.plot(
+                x,
+                y,
+                style,
+                marker="o",
+                color=colours[(2 * k) % 20 + (2 * k) // 20],
+                label=f"{method} ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
+            )
         for level in LEVELS:
             ax.axvline(level, color="grey", lw=0.5)
         ax.set_xlabel(f"learning: held-out NLL reduction / {REFERENCE}'s largest reduction")
