@@ -95,8 +95,6 @@ def test_demo_end_to_end_on_the_embedded_model(tmp_path):
         "2",
         "--reasoning_max_new_tokens",
         "16",
-        "--workers",
-        "2",
     ]
     report = run(["--output_dir", str(tmp_path), "--arms", "sft", "slowed", "sft_low_lr", *small, *align, *steps])
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists() and (tmp_path / "over_steps.png").exists()

@@ -20,22 +20,12 @@ from __future__ import annotations
 
 import os
 
+from ..eval.tasks import BBH_TASKS
+
 
 TASKS_DIR = os.path.dirname(os.path.abspath(__file__))
 TASK_NAMES = ("slowed_gsm8k", "slowed_arc_challenge", "slowed_arc_challenge_chat")  # the YAMLs of this folder
 BBH_GROUP = "slowed_bbh_cot_fewshot"
-BBH_TASK_NAMES = tuple(
-    f"{BBH_GROUP}_{task}"
-    for task in (
-        "boolean_expressions", "causal_judgement", "date_understanding", "disambiguation_qa", "dyck_languages",
-        "formal_fallacies", "geometric_shapes", "hyperbaton", "logical_deduction_five_objects",
-        "logical_deduction_seven_objects", "logical_deduction_three_objects", "movie_recommendation",
-        "multistep_arithmetic_two", "navigate", "object_counting", "penguins_in_a_table",
-        "reasoning_about_colored_objects", "ruin_names", "salient_translation_error_detection", "snarks",
-        "sports_understanding", "temporal_sequences", "tracking_shuffled_objects_five_objects",
-        "tracking_shuffled_objects_seven_objects", "tracking_shuffled_objects_three_objects", "web_of_lies",
-        "word_sorting",
-    )
-)  # fmt: skip
+BBH_TASK_NAMES = tuple(f"{BBH_GROUP}_{task}" for task in BBH_TASKS)  # the 27 BBH tasks of slowed_peft.eval.tasks
 
 __all__ = ["BBH_GROUP", "BBH_TASK_NAMES", "TASKS_DIR", "TASK_NAMES"]

@@ -74,9 +74,6 @@ class DemoArguments:
     align_benign_max_new_tokens: int = field(default=32, metadata={"help": "Length of those benign answers."})
     align_learning_rate: float = field(default=3e-4, metadata={"help": "Learning rate of the fast alignment."})
     align_epochs: float = field(default=1.0, metadata={"help": "Epochs of the fast alignment."})
-    workers: int = field(
-        default=1, metadata={"help": "Arms trained at once, in processes with one torch thread each (1: in turn)."}
-    )
     save_precision: str = field(
         default="4bit", metadata={"help": "The saved adapter: 4bit (shareable, ~1/8 of fp32) | fp32 (exact)."}
     )
@@ -89,7 +86,7 @@ class DemoArguments:
 
         if self.save_precision not in SAVE_PRECISIONS:
             raise ValueError(f"save_precision must be one of {SAVE_PRECISIONS}; got {self.save_precision!r}.")
-        for name in ("max_steps", "batch_size", "eval_steps", "safety_limit", "nll_limit", "workers"):
+        for name in ("max_steps", "batch_size", "eval_steps", "safety_limit", "nll_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
 
@@ -185,9 +182,7 @@ def start_record(args: DemoArguments, student: str, alignment: dict, evaluator) 
     return record
 
 
-def train_demo_arm(
-    args: DemoArguments, name: str, student: str, evaluator, start: dict, progress: bool = True
-) -> tuple[Any, dict]:
+def train_demo_arm(args: DemoArguments, name: str, student: str, evaluator, start: dict) -> tuple[Any, dict]:
     """Train one arm from the aligned student with checkpoints every ``eval_steps``; returns ``(trainer, record)``."""
     import torch
 
@@ -210,7 +205,7 @@ def train_demo_arm(
         logging_steps=1,
         entropy_threshold=args.entropy_threshold if masks else None,
         entropy_source=args.entropy_source,
-        disable_tqdm=not progress,
+        disable_tqdm=False,
     )
     arm = SLowEDArguments(arm=settings["arm"], slow_factor=args.slow_factor, max_drift=args.max_drift)
     every = args.eval_steps or args.max_steps
@@ -235,8 +230,8 @@ def train_demo_arm(
     return trainer, record
 
 
-def arm_job(args: DemoArguments, name: str, student: str, start: dict, progress: bool = True) -> dict:
-    """Train and evaluate one arm (saving the SLowED arm's adapter); returns its record. Runs in a worker process."""
+def arm_job(args: DemoArguments, name: str, student: str, start: dict) -> dict:
+    """Train and evaluate one arm (saving the SLowED arm's adapter); returns its record."""
     from transformers import AutoTokenizer
 
     clock = time.time()
@@ -244,7 +239,7 @@ def arm_job(args: DemoArguments, name: str, student: str, start: dict, progress:
     print(f"[2/3] arm {settings['label']} (lr {settings['learning_rate']:.0e}) ...", flush=True)
     evaluator = _evaluator(args, AutoTokenizer.from_pretrained(student))
     evaluator.initial_responses = start["harmful_responses"]
-    trainer, record = train_demo_arm(args, name, student, evaluator, start, progress)
+    trainer, record = train_demo_arm(args, name, student, evaluator, start)
     if name == SAVED_ARM:
         adapter = Path(args.output_dir) / "adapter"
         shutil.rmtree(adapter, ignore_errors=True)  # a rerun replaces the adapter rather than mixing files
@@ -258,51 +253,15 @@ def arm_job(args: DemoArguments, name: str, student: str, start: dict, progress:
     return record
 
 
-def _worker(args: DemoArguments, names: list[str], student: str, start: dict, threads: int, progress: bool) -> None:
-    """One process of ``--workers``: its arms one after another, each record written to ``runs/<arm>.json``."""
-    import torch
-
-    torch.set_num_threads(threads)
-    for name in names:
-        record = arm_job(args, name, student, start, progress)
-        (Path(args.output_dir) / "runs" / f"{name}.json").write_text(json.dumps(record, default=str))
-
-
 def train_arms(args: DemoArguments, student: str, start: dict) -> dict[str, dict]:
-    """Every arm of ``args.arms``: in turn, or in ``args.workers`` processes at once (one torch thread each). On 2
-    CPU cores the two ways took the same wall time (the default 2 arms: 3.8 min either way), so in turn is the
-    default; more cores than arms is where workers help."""
+    """Every arm of ``args.arms``, in turn (two worker processes took the same wall time on 2 CPU cores)."""
     import gc
-    import multiprocessing as mp
 
-    import torch
-
-    workers = max(1, min(args.workers, len(args.arms)))
-    if workers == 1:
-        runs = {}
-        for name in args.arms:
-            runs[name] = arm_job(args, name, student, start)
-            gc.collect()
-        return runs
-    runs_dir = Path(args.output_dir) / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    runs = {}
     for name in args.arms:
-        (runs_dir / f"{name}.json").unlink(missing_ok=True)
-    threads = max(1, torch.get_num_threads() // workers)
-    groups = [args.arms[i::workers] for i in range(workers)]
-    ctx = mp.get_context("spawn")
-    procs = [
-        ctx.Process(target=_worker, args=(args, group, student, start, threads, i == 0))
-        for i, group in enumerate(groups)
-    ]  # progress bars from the first worker only: two would overwrite each other's line
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join()
-    failed = [proc.exitcode for proc in procs if proc.exitcode]
-    if failed:
-        raise RuntimeError(f"slowed-demo: {len(failed)} worker(s) failed (exit codes {failed}); see the output above.")
-    return {name: json.loads((runs_dir / f"{name}.json").read_text()) for name in args.arms}
+        runs[name] = arm_job(args, name, student, start)
+        gc.collect()
+    return runs
 
 
 def run_all(args: DemoArguments) -> dict:
