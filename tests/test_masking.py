@@ -10,7 +10,7 @@ from datasets import Dataset, load_dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from slowed_peft import EntropyMaskingCollator, annotate_entropy, token_entropy
-from slowed_peft.masking import low_entropy_mask, model_token_entropy
+from slowed_peft.masking import fused, low_entropy_mask, model_token_entropy
 
 from testing_utils import build_char_tokenizer
 
@@ -268,3 +268,48 @@ def test_low_entropy_mask_never_empties_an_example():
     cand = torch.tensor([[True, True, True], [True, True, False]])
     drop = low_entropy_mask(ent, cand, threshold=100.0, min_kept=1)
     assert drop.tolist() == [[True, True, False], [True, False, False]]
+
+
+@pytest.mark.skipif(not fused.HAS_FUSED_HEAD, reason="TRL < 1.15: no fused head to compare with")
+@pytest.mark.parametrize("shifted", [False, True])
+def test_full_logits_outputs_equal_trls_fused_head(monkeypatch, shifted):
+    """TRL < 1.15 has no fused head: ``token_outputs`` then reads the same fields (and log-prob gradient) from logits."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    model = LlamaForCausalLM(cfg)
+    ids = torch.randint(0, 40, (2, 9))
+    labels = ids.clone()
+    labels[0, :4] = -100
+    labels[1, 7:] = -100
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    inputs.update({"shift_labels": labels} if shifted else {"labels": labels})
+    results = {}
+    for has_head in (True, False):
+        monkeypatch.setattr(fused, "HAS_FUSED_HEAD", has_head)
+        if has_head:
+            add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+        model.zero_grad()
+        out = fused.token_outputs(model, dict(inputs))
+        out.log_probs.sum().backward()
+        grad = model.model.layers[0].mlp.up_proj.weight.grad.clone()
+        results[has_head] = (out.log_probs.detach(), out.entropy, out.is_top1, out.label_mask, grad)
+        model.__dict__.pop("forward", None)
+    expected_mask = (labels if shifted else labels[:, 1:]) != -100
+    assert torch.equal(results[False][3], expected_mask) and torch.equal(results[True][3], expected_mask)
+    for a, b in zip(results[True], results[False]):
+        if a.dtype == torch.bool:
+            assert torch.equal(a, b)
+        else:
+            torch.testing.assert_close(a.float(), b.float(), atol=1e-5, rtol=1e-4)
+
+
+def test_full_logits_outputs_of_an_all_masked_batch_keep_the_graph(monkeypatch):
+    monkeypatch.setattr(fused, "HAS_FUSED_HEAD", False)
+    model = controlled_model()
+    ids = torch.tensor([[0, 3, 1, 2]])
+    out = fused.token_outputs(model, {"input_ids": ids, "labels": torch.full_like(ids, -100)})
+    assert not out.label_mask.any() and float(out.log_probs.detach().abs().sum()) == 0.0
+    out.log_probs.sum().backward()  # an all-masked micro-batch contributes a differentiable zero
+    assert model.lm_head.weight.grad is not None

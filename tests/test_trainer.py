@@ -135,6 +135,45 @@ def test_live_path_masks_without_extra_forward_and_keeps_trl_metrics(setup, tmp_
     assert_reload_matches(trainer, model_dir, str(tmp_path / "adapter"))
 
 
+@pytest.mark.parametrize("ga", [1, 2])
+def test_live_path_keeping_every_token_trains_and_logs_like_trls_own_loss(setup, tmp_path, ga):
+    """Behavioural guard of the mirrored TRL code, on any TRL (1.16's fused head, or TRL < 1.15's full-logits
+    route): with threshold 0 nothing is masked, so loss, gradients and TRL's metrics equal plain ``SFTTrainer``'s."""
+    model_dir, tok = setup
+    runs = {}
+    for name in ("trl", "ours"):
+        common = dict(output_dir=str(tmp_path / name), max_steps=2, per_device_train_batch_size=2)
+        common.update(gradient_accumulation_steps=ga, gradient_checkpointing=False, **COMMON)
+        if name == "trl":
+            trainer = SFTTrainer(
+                model=model_dir,
+                args=SFTConfig(**common),
+                train_dataset=Dataset.from_list(cot_rows(8)),
+                processing_class=tok,
+                peft_config=peft_cfg(),
+            )
+        else:
+            trainer = SLowEDTrainer(
+                model=model_dir,
+                args=SLowEDSFTConfig(**common, entropy_threshold=0.0),
+                train_dataset=Dataset.from_list(cot_rows(8)),
+                processing_class=tok,
+                peft_config=peft_cfg(),
+            )
+        counter = CountForwards(trainer.model.get_base_model().model)
+        trainer.add_callback(counter)
+        trainer.train()
+        runs[name] = (trainer, counter)
+    (trl_trainer, trl_counter), (our_trainer, our_counter) = runs["trl"], runs["ours"]
+    assert logged(our_trainer, "lem/masked_fraction") == [0.0, 0.0]
+    for key in ("loss", "entropy", "mean_token_accuracy", "num_tokens", "grad_norm"):
+        assert logged(our_trainer, key) == pytest.approx(logged(trl_trainer, key), rel=1e-4, abs=1e-6), key
+    for ours, theirs in zip(our_counter.grads, trl_counter.grads, strict=True):
+        assert ours.keys() == theirs.keys() and ours
+        for n in ours:
+            torch.testing.assert_close(ours[n], theirs[n], atol=1e-6, rtol=1e-4)
+
+
 def test_slowed_metrics_go_through_trl_metrics(setup, tmp_path):
     """No ``log`` override: drift and masked fraction enter ``_metrics["train"]`` and TRL's ``log`` emits them."""
     assert SLowEDTrainer.log is SFTTrainer.log
@@ -162,7 +201,11 @@ def test_log_drift_false_logs_no_drift(setup, tmp_path):
     assert not any("slowed/drift_max" in h for h in trainer.state.log_history)
 
 
-def test_live_path_loss_is_exact_under_gradient_accumulation(setup, tmp_path):
+@pytest.mark.parametrize("head", ["fused", "full_logits"])
+def test_live_path_loss_is_exact_under_gradient_accumulation(setup, tmp_path, monkeypatch, head):
+    """Also on TRL < 1.15's route (no fused head: per-token outputs from full logits), forced here on any TRL."""
+    if head == "full_logits":
+        monkeypatch.setattr(slowed_peft.masking.fused, "HAS_FUSED_HEAD", False)
     model_dir, tok = setup
     probe = annotate_entropy(
         Dataset.from_list(cot_rows(4)), AutoModelForCausalLM.from_pretrained(model_dir), tokenizer=tok

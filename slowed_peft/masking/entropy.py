@@ -11,8 +11,12 @@ from collections.abc import Iterator
 from typing import Optional
 
 import torch
+import trl.trainer.utils as trl_utils
 from torch import nn
 
+
+# TRL's fused LM head with per-token entropy (TRL >= 1.15); without it, entropies come from full logits.
+HAS_FUSED_HEAD = hasattr(trl_utils, "add_fused_lm_head")
 
 # Elements per float32 working chunk (64 MiB): bounds memory whatever the batch, sequence or vocabulary size.
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
@@ -49,6 +53,12 @@ def token_entropy(logits: torch.Tensor, chunk_size: Optional[int] = None) -> tor
     return out.view(logits.shape[:-1])
 
 
+def _trl_version() -> str:
+    import trl
+
+    return trl.__version__
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     """The transformers model inside a PeftModel (the object TRL's fused head patches)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -61,8 +71,11 @@ def fused_entropy_head(model: nn.Module) -> Iterator[nn.Module]:
     The model's forward is restored afterwards, including a fused head ``SFTTrainer`` installed before (TRL's head
     is patched onto the instance, so we save and put back whatever instance-level ``forward`` was there).
     """
-    from trl.trainer.utils import add_fused_lm_head
-
+    if not HAS_FUSED_HEAD:
+        raise RuntimeError(
+            f"fused_entropy_head needs TRL >= 1.15 (trl.trainer.utils.add_fused_lm_head); installed: TRL "
+            f"{_trl_version()}. model_token_entropy falls back to the model's full logits."
+        )
     inner = _unwrap(model)
     previous = inner.__dict__.get("forward")
     add_fused_lm_head(inner, outputs=("log_probs", "entropy"))
@@ -128,6 +141,11 @@ def model_token_entropy(
         attention_mask = torch.ones_like(input_ids)
     inner = _unwrap(model)
     ent = torch.full(input_ids.shape, float("nan"), dtype=torch.float32, device=input_ids.device)
+    if not _plain_lm_head(inner) and not HAS_FUSED_HEAD:  # older TRL: the model's own (scaled) logits, in full
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        valid = (attention_mask[:, 1:] != 0) & (attention_mask[:, :-1] != 0)
+        ent[:, 1:][valid] = token_entropy(out.logits[:, :-1][valid]).to(ent.device)
+        return ent
     if not _plain_lm_head(inner):
         labels = input_ids.masked_fill(attention_mask == 0, -100)
         with fused_entropy_head(model):

@@ -12,6 +12,7 @@ from .annotate_rows import annotate_prepared, annotate_rows, rows_read
 from .callbacks import TRLMetricsCallback
 from .collator import EntropyMaskingCollator, MaskingStats
 from .config import SLowEDSFTConfig
+from .fused import token_outputs
 from .selection import low_entropy_mask
 
 
@@ -102,7 +103,7 @@ class SLowEDTrainer(SFTTrainer):
         inputs["use_cache"] = False
         if self.aux_loss_enabled:
             inputs["output_router_logits"] = True
-        outputs = model(**inputs, fused_lm_head=True)
+        outputs = token_outputs(model, inputs)  # TRL's fused head; full logits on TRL < 1.15
         label_mask = outputs.label_mask
         drop = low_entropy_mask(
             outputs.entropy.detach(),
