@@ -313,3 +313,42 @@ def test_full_logits_outputs_of_an_all_masked_batch_keep_the_graph(monkeypatch):
     assert not out.label_mask.any() and float(out.log_probs.detach().abs().sum()) == 0.0
     out.log_probs.sum().backward()  # an all-masked micro-batch contributes a differentiable zero
     assert model.lm_head.weight.grad is not None
+
+
+@pytest.mark.parametrize("has_head", [True, False])
+def test_model_token_entropy_of_a_soft_capped_model_equals_its_logits_entropy(monkeypatch, has_head):
+    """Gemma-2 soft-caps its logits: the entropy goes through TRL's fused head (which applies the cap), or, on
+    TRL < 1.15, through the model's own full logits; both equal the entropy of the model's output logits."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from slowed_peft.masking import entropy as entropy_module
+
+    if has_head and not entropy_module.HAS_FUSED_HEAD:
+        pytest.skip("TRL < 1.15: no fused head")
+    monkeypatch.setattr(entropy_module, "HAS_FUSED_HEAD", has_head)
+    torch.manual_seed(0)
+    cfg = Gemma2Config(
+        vocab_size=48,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        final_logit_softcapping=2.0,
+    )
+    model = Gemma2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)  # logits well beyond the cap, so an uncapped entropy would differ
+    ids = torch.randint(0, 48, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    got = model_token_entropy(model, ids, mask)
+    with torch.no_grad():
+        expected = token_entropy(model(input_ids=ids, attention_mask=mask).logits[:, :-1])
+    valid = (mask[:, 1:] != 0) & (mask[:, :-1] != 0)
+    torch.testing.assert_close(got[:, 1:][valid], expected[valid], atol=1e-5, rtol=1e-4)
+    assert torch.isnan(got[:, 0]).all() and torch.isnan(got[1, 6])
+    with torch.no_grad():
+        uncapped = token_entropy(model.lm_head(model.model(input_ids=ids).last_hidden_state)[:, :-1])
+    assert (uncapped[valid] - expected[valid]).abs().max() > 0.1

@@ -78,7 +78,7 @@ def fused_entropy_head(model: nn.Module) -> Iterator[nn.Module]:
         )
     inner = _unwrap(model)
     previous = inner.__dict__.get("forward")
-    add_fused_lm_head(inner, outputs=("log_probs", "entropy"))
+    trl_utils.add_fused_lm_head(inner, outputs=("log_probs", "entropy"))
     try:
         yield model
     finally:
