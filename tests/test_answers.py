@@ -25,7 +25,7 @@ from slowed_peft.eval import (
         ("(B) is wrong because ... So the answer is (A).", "(A)", True),
         ("Checking each option. So the answer is (A) 12/11/1937.", "(A)", True),
         ("So the answer is C.", "(C)", True),
-        ("Option (D) fits best, so (D) it is.", "(D)", True),
+        ("Option (D) fits best, so (D) it is.", "(D)", False),  # no answer cue: unanswered (lm-eval get-answer)
         ("So the answer is (B).", "(A)", False),
         ("So the answer is (K).", "(K)", True),
         # True / False
@@ -68,7 +68,11 @@ def test_bbh_answer_format_and_extraction():
         "free",
     ]
     assert extract_bbh_answer("So the answer is (E).", "choice") == "e"
-    assert extract_bbh_answer("It is No, since ... therefore no", "yes_no") == "no"
+    # no "the answer is" cue: no answer, as lm-eval's get-answer filter reads it (no guess from the words around)
+    assert extract_bbh_answer("It is No, since ... therefore no", "yes_no") is None
+    assert extract_bbh_answer("A = True and False = False.\nLet's evaluate B: B = True", "bool") is None
+    assert extract_bbh_answer("The options are (A) and (C).\n(C)", "choice") is None
+    assert extract_bbh_answer("So the answer is (10 * 45).", "number") == "450"
     assert extract_bbh_answer("So the answer is 3.5.", "number") == "3.5"
     assert extract_bbh_answer("nothing here", "number") is None
     with pytest.raises(ValueError, match="Unknown BBH answer format"):

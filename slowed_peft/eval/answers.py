@@ -177,41 +177,36 @@ def bbh_answer_format(target: str) -> str:
     return "free"
 
 
-def _extract_word(text: str, words: Sequence[str]) -> Optional[str]:
-    segment = final_answer_segment(text)
-    pattern = r"\b(" + "|".join(words) + r")\b"
-    if segment is not None:
-        found = re.findall(pattern, segment, flags=re.IGNORECASE)
-        if found:
-            return found[0].lower()
-    found = re.findall(pattern, truncate_at_new_question(text), flags=re.IGNORECASE)
-    return found[-1].lower() if found else None
+def _extract_word(segment: str, words: Sequence[str]) -> Optional[str]:
+    found = re.findall(r"\b(" + "|".join(words) + r")\b", segment, flags=re.IGNORECASE)
+    return found[0].lower() if found else None
 
 
 def extract_bbh_answer(text: str, fmt: str) -> Optional[str]:
     """Normalised BBH answer for format ``fmt`` (see :func:`bbh_answer_format`), or ``None``.
 
-    ``choice`` -> ``"(b)"``-style letter normalised to ``"b"``; ``bool`` -> ``"true"``/``"false"``; ``yes_no`` ->
-    ``"yes"``/``"no"``; ``validity`` -> ``"valid"``/``"invalid"``; ``number`` -> e.g. ``"-219"``; ``free`` -> the
-    normalised final-answer segment (last line as fallback).
+    Read from the final-answer segment only (``So the answer is ...``), as lm-eval's ``get-answer`` filter does for
+    ``bbh_cot_fewshot``: a completion without the cue has no answer (a rambling base model is not credited with a
+    guess). ``choice`` -> ``"(b)"``-style letter normalised to ``"b"``; ``bool`` -> ``"true"``/``"false"``;
+    ``yes_no`` -> ``"yes"``/``"no"``; ``validity`` -> ``"valid"``/``"invalid"``; ``number`` -> e.g. ``"-219"``;
+    ``free`` -> the normalised final-answer segment.
     """
+    if fmt not in BBH_FORMATS:
+        raise ValueError(f"Unknown BBH answer format {fmt!r}; expected one of {BBH_FORMATS}.")
+    segment = final_answer_segment(text)
+    if segment is None:
+        return None
     if fmt == "choice":
-        label = extract_choice(text, _BBH_LETTERS)
+        label = _choice_in(segment, _BBH_LETTERS, None)
         return label.lower() if label else None
     if fmt in _WORD_SETS:
-        return _extract_word(text, _WORD_SETS[fmt])
+        return _extract_word(segment, _WORD_SETS[fmt])
     if fmt == "number":
-        value = extract_number(text)
+        value = extract_number(f"So the answer is {segment}.")  # the segment rules (equation, bare expression)
         if value is None:
             return None
         return str(int(value)) if value.is_integer() else repr(value)
-    if fmt == "free":
-        segment = final_answer_segment(text)
-        if segment is None:
-            lines = [line for line in truncate_at_new_question(text).strip().splitlines() if line.strip()]
-            segment = lines[-1] if lines else ""
-        return normalize_answer(segment) or None
-    raise ValueError(f"Unknown BBH answer format {fmt!r}; expected one of {BBH_FORMATS}.")
+    return normalize_answer(segment) or None
 
 
 def bbh_match(text: str, target: str) -> bool:

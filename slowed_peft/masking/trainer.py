@@ -155,7 +155,7 @@ class SLowEDTrainer(SFTTrainer):
                 n = self.accelerator.gather_for_metrics(local).sum().item()
             else:
                 raise ValueError("Expected 'attention_mask' or 'position_ids' in inputs.")
-            self._total_train_tokens += n // self._tp_size
+            self._total_train_tokens += n // getattr(self, "_tp_size", 1)  # TRL < 1.14 has no tensor-parallel count
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         if self.aux_loss_enabled:
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
