@@ -69,15 +69,20 @@ def _gguf_path(alias: str) -> Path:
     )
 
 
+# Files of which a saved tokenizer has at least one (fast, sentencepiece, BPE or WordPiece vocabulary).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
 def _load_gguf(path: Path) -> tuple[PreTrainedModel, Any]:
     """Dequantise a GGUF file into a dense float32 model plus its tokenizer (slow: ~20-40 s for 135M params)."""
-    from transformers import GgufConfig
-
     folder, name = str(path.parent), path.name
-    # dequantize=True keeps every layer a plain nn.Linear even where a GGUF matmul kernel is installed.
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
-    )
+    try:  # dequantize=True keeps every layer a plain nn.Linear even where a GGUF matmul kernel is installed
+        from transformers import GgufConfig
+
+        quantization = {"quantization_config": GgufConfig(dequantize=True)}
+    except ImportError:  # transformers < 5.19 has no GGUF quantizer: it always dequantises GGUF into plain tensors
+        quantization = {}
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, **quantization)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     return model, tokenizer
 
@@ -248,6 +253,12 @@ def load_model(
             "with network access, then keep HF_HUB_OFFLINE=1), pass a local model folder, or use one of the "
             f"embedded models {sorted(EMBEDDED_MODELS)}."
         ) from err
+    if local and Path(path).is_dir() and not any(Path(path, f).is_file() for f in TOKENIZER_FILES):
+        # some transformers releases (e.g. 5.5) return an empty placeholder tokenizer for such a folder
+        raise ValueError(
+            f"Loaded the model {path!r} but not its tokenizer: the folder has none of {', '.join(TOKENIZER_FILES)}. "
+            "Save the tokenizer next to the model (tokenizer.save_pretrained(folder))."
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **hf_kwargs)
     except (OSError, ValueError) as err:
