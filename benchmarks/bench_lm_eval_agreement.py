@@ -4,8 +4,8 @@
     python benchmarks/bench_lm_eval_agreement.py --model PATH --limit 64  # e.g. an aligned student
 
 lm-eval (``lm_eval.simple_evaluate``, ``HFLM`` over the loaded model, greedy) runs ``slowed_gsm8k`` (5-shot),
-``slowed_arc_challenge_chat`` (0-shot, letter after "The best answer is") and BBH 3-shot CoT (boolean_expressions
-by default, any ``slowed_bbh_cot_fewshot_<task>`` with ``--tasks``) on the first
+``slowed_arc_challenge_chat`` (0-shot, letter after "The best answer is") and BBH 3-shot CoT (boolean_expressions,
+date_understanding and snarks by default, any ``slowed_bbh_cot_fewshot_<task>`` with ``--tasks``) on the first
 ``--limit`` test documents with ``log_samples``; :func:`slowed_peft.lm_eval_tasks.crosscheck.cross_check` then scores
 every logged raw response with our scorer and counts, per task and lm-eval filter, the examples on which the two
 verdicts agree. The generation is the one both scorers read, so ``--max_gen_toks`` (a CPU budget) changes what is
@@ -31,6 +31,8 @@ DEFAULT_TASKS = (
     "slowed_gsm8k",
     "slowed_arc_challenge_chat",
     "slowed_bbh_cot_fewshot_boolean_expressions",
+    "slowed_bbh_cot_fewshot_date_understanding",
+    "slowed_bbh_cot_fewshot_snarks",
 )  # any task of slowed_peft/lm_eval_tasks that generates works: --tasks slowed_bbh_cot_fewshot_date_understanding,...
 
 
