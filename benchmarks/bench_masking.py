@@ -5,6 +5,7 @@
 
 Comparisons:
   live LEM training step (SLowEDTrainer, entropy_quantile)  vs  plain SFT step (same trainer class, no masking)
+  live LEM step on full logits (the TRL < 1.15 route)       vs  live LEM step on TRL's fused head
   collator LEM step (EntropyMaskingCollator batch)           vs  plain SFT step (TRL collator batch)
   annotate_entropy tokens/s                                  vs  a plain no-grad forward (full logits) on the same batches
   peak RSS: annotate_entropy (fused, chunked head)           vs  plain forward + token_entropy on materialised logits
@@ -54,6 +55,8 @@ def bench_steps(args) -> dict:
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     from slowed_peft import EntropyMaskingCollator, SLowEDConfig, SLowEDSFTConfig, SLowEDTrainer, annotate_entropy
+    from slowed_peft.masking import fused
+    from slowed_peft.masking.entropy import HAS_FUSED_HEAD
 
     torch.manual_seed(0)
     base = LlamaForCausalLM(smollm2_config(args.layers))
@@ -86,19 +89,24 @@ def bench_steps(args) -> dict:
     annotated = annotate_entropy(data, model, batch_size=args.batch)
     lem_collator = EntropyMaskingCollator(pad_token_id=0, quantile=0.3)
 
-    def step(trainer, batch_fn):
+    def step(trainer, batch_fn, fused_head=True):
         def run():
+            fused.HAS_FUSED_HEAD = fused_head and HAS_FUSED_HEAD  # False: masking/fused.py's full-logits route
             batch = batch_fn()
             trainer.training_step(model, batch, num_items_in_batch=(batch["labels"][:, 1:] != -100).sum())
             live._rescale_to_kept_tokens(model) if trainer is live else None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            fused.HAS_FUSED_HEAD = HAS_FUSED_HEAD
 
         return run
 
     steps = {
         "plain_sft": step(plain, lambda: DataCollatorForLanguageModeling(pad_token_id=0)(examples)),
         "live_lem": step(live, lambda: DataCollatorForLanguageModeling(pad_token_id=0)(examples)),
+        "live_lem_full_logits": step(
+            live, lambda: DataCollatorForLanguageModeling(pad_token_id=0)(examples), fused_head=False
+        ),
         "collator_lem": step(plain, lambda: lem_collator([annotated[i] for i in range(args.batch)])),
     }
     times = alternate(steps, repeats=args.repeats)
@@ -109,6 +117,7 @@ def bench_steps(args) -> dict:
         "ratios": {
             "live_lem / plain_sft": med["live_lem"] / med["plain_sft"],
             "collator_lem / plain_sft": med["collator_lem"] / med["plain_sft"],
+            "live_lem_full_logits / live_lem": med["live_lem_full_logits"] / med["live_lem"],
         },
     }
 
