@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Optional
 
 import torch
+import trl
 import trl.trainer.utils as trl_utils
 from torch import nn
 
@@ -53,12 +54,6 @@ def token_entropy(logits: torch.Tensor, chunk_size: Optional[int] = None) -> tor
     return out.view(logits.shape[:-1])
 
 
-def _trl_version() -> str:
-    import trl
-
-    return trl.__version__
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     """The transformers model inside a PeftModel (the object TRL's fused head patches)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -74,7 +69,7 @@ def fused_entropy_head(model: nn.Module) -> Iterator[nn.Module]:
     if not HAS_FUSED_HEAD:
         raise RuntimeError(
             f"fused_entropy_head needs TRL >= 1.15 (trl.trainer.utils.add_fused_lm_head); installed: TRL "
-            f"{_trl_version()}. model_token_entropy falls back to the model's full logits."
+            f"{trl.__version__}. model_token_entropy falls back to the model's full logits."
         )
     inner = _unwrap(model)
     previous = inner.__dict__.get("forward")
@@ -135,18 +130,19 @@ def model_token_entropy(
     """``[batch, seq]`` entropies aligned to ``input_ids`` (NaN at position 0 and on padding), no full logits.
 
     Runs the backbone once and projects only the real (non-padding) positions through the LM head in chunks; models
-    whose logits are scaled or soft-capped go through TRL's fused head instead, which knows those configs.
+    whose logits are scaled or soft-capped go through TRL's fused head instead, which knows those configs (on TRL
+    < 1.15, which has none, through the model's own full logits).
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     inner = _unwrap(model)
     ent = torch.full(input_ids.shape, float("nan"), dtype=torch.float32, device=input_ids.device)
-    if not _plain_lm_head(inner) and not HAS_FUSED_HEAD:  # older TRL: the model's own (scaled) logits, in full
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        valid = (attention_mask[:, 1:] != 0) & (attention_mask[:, :-1] != 0)
-        ent[:, 1:][valid] = token_entropy(out.logits[:, :-1][valid]).to(ent.device)
-        return ent
-    if not _plain_lm_head(inner):
+    if not _plain_lm_head(inner):  # scaled / soft-capped logits: TRL's fused head, or the model's own full logits
+        if not HAS_FUSED_HEAD:
+            out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            valid = (attention_mask[:, 1:] != 0) & (attention_mask[:, :-1] != 0)
+            ent[:, 1:][valid] = token_entropy(out.logits[:, :-1][valid]).to(ent.device)
+            return ent
         labels = input_ids.masked_fill(attention_mask == 0, -100)
         with fused_entropy_head(model):
             out = model(

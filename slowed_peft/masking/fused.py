@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .entropy import HAS_FUSED_HEAD, token_entropy
+from .entropy import HAS_FUSED_HEAD
 
 
 @dataclass
@@ -51,12 +51,11 @@ def token_outputs(model: nn.Module, inputs: dict) -> TokenOutputs:
     is_top1 = torch.zeros(mask.shape, dtype=torch.bool, device=logits.device)
     if picked.numel():
         target = labels[mask]
-        log_probs = log_probs.masked_scatter(
-            mask, torch.log_softmax(picked, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        )
+        log_p = torch.log_softmax(picked, -1)  # one softmax for the log-prob, entropy and top-1
+        log_probs = log_probs.masked_scatter(mask, log_p.gather(-1, target.unsqueeze(-1)).squeeze(-1))
         with torch.no_grad():
-            entropy[mask] = token_entropy(picked.detach())
-            is_top1[mask] = picked.detach().argmax(-1) == target
+            entropy[mask] = torch.special.entr(log_p.exp()).sum(-1)  # entr(0) = 0: no NaN from 0 * log 0
+            is_top1[mask] = log_p.argmax(-1) == target
     else:  # keep the loss connected to the model, as TRL's head does for an all-masked micro-batch
         log_probs = log_probs + 0.0 * logits.sum()
     return TokenOutputs(log_probs, entropy, is_top1, mask, getattr(outputs, "aux_loss", None))
