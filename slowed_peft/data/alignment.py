@@ -309,24 +309,31 @@ def refusal_response(index: int, seed: int = 0) -> str:
 
 
 _SENTENCE_END = re.compile(r"[.!?](?=[\s\"')]|$)|\n")
-_LIST_MARKER = re.compile(r"\s*\d+\.")  # "2." opening a numbered item is not the end of a sentence
+_LIST_MARKER_HEAD = re.compile(r"[^\S\n]*\d+")  # "2." opening a numbered item is not the end of a sentence
 
 
 def trim_response(text: str, min_chars: int = 20) -> Optional[str]:
     """A generated answer cut back to its last complete sentence (so training never teaches stopping mid-word).
 
-    ``None`` when nothing of at least ``min_chars`` characters remains.
+    ``None`` when nothing of at least ``min_chars`` characters remains. Linear in the text: each line's leading
+    ``<spaces><digits>`` is measured once, not once per sentence end.
     """
     text = text.strip()
     if not text:
         return None
-    ends = [
-        m.start()
-        for m in _SENTENCE_END.finditer(text)
-        if not _LIST_MARKER.fullmatch(text[text.rfind("\n", 0, m.start()) + 1 : m.start() + 1])
-    ]
-    if ends:
-        text = text[: ends[-1] + 1].strip()
+    last, line_start, marker_end = None, 0, None
+    for m in _SENTENCE_END.finditer(text):
+        end = m.start()
+        if text[end] == "\n":
+            last, line_start, marker_end = end, end + 1, None
+            continue
+        if marker_end is None:  # where "  12" at the start of this line ends (the period of "12." sits there)
+            head = _LIST_MARKER_HEAD.match(text, line_start)
+            marker_end = head.end() if head else -1
+        if text[end] != "." or end != marker_end:
+            last = end
+    if last is not None:
+        text = text[: last + 1].strip()
     return text if len(text) >= min_chars else None
 
 

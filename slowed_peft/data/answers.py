@@ -41,17 +41,19 @@ __all__ = [
 
 ANSWER_PREFIX = "So the answer is"
 
-# The last "So the answer is X." line of a text (X may itself contain dots, e.g. "3.5").
-_ANSWER_LINE_RE = re.compile(rf"{ANSWER_PREFIX}\s*(.+?)\s*\.?\s*$", re.MULTILINE)
-# A trailing answer sentence a teacher rationale may already carry ("... So the answer is (B)." / "The answer is 4.").
-_TRAILING_ANSWER_RE = re.compile(r"(?:^|(?<=[.!?\n]))\s*(?:So the answer is|The answer is)[^\n]*$")
+# Answer parsing is linear in the text: the answer line and a trailing answer sentence are found with ``str`` scans,
+# not with patterns whose quantifiers can backtrack over the same run of whitespace (a 1 MB row of spaces or blank lines
+# took hours with ``So the answer is\s*(.+?)\s*\.?\s*$``).
+_TRAILING_CUES = ("So the answer is", "The answer is")  # a teacher rationale's own final answer sentence
+_WHITESPACE = re.compile(r"\s*")  # only ever used with .match (one pass, no backtracking)
 # "So the answer is", "the answer is", "The final answer is", "The best answer is" (lm-eval's ARC / MMLU chat
 # prompts), "The correct answer is", "Answer:", "####" (GSM8K style).
 _ANSWER_CUE_RE = re.compile(
     r"(?:the\s+(?:(?:final|best|correct)\s+)?answer\s+is\s*:?|\banswer\s*:|####)", re.IGNORECASE
 )
 # A new few-shot question started by a model that keeps going after its answer (PaLM teachers, base models).
-_NEW_QUESTION_RE = re.compile(r"\n\s*(?:Q|Question)\s*:")
+# Anchored on the last newline before the "Q" (no two newlines of one blank run can both start a scan of it).
+_NEW_QUESTION_RE = re.compile(r"\n[^\S\n]*(?:Q|Question)\s*:")
 _DASHES = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2014": "-", "\u2019": "'", "\u2018": "'"})
 _EDGE_JUNK = " \t\n\"'`*_"
 
@@ -89,14 +91,55 @@ def answer_line(answer: Any) -> str:
 
 def extract_answer(text: str) -> Optional[str]:
     """The answer of the last ``So the answer is <answer>.`` line in ``text``, else ``None`` (inverse of
-    :func:`answer_line`: case, quotes and brackets are kept)."""
-    matches = _ANSWER_LINE_RE.findall(text or "")
-    return matches[-1].strip() if matches else None
+    :func:`answer_line`: case, quotes and brackets are kept).
+
+    Exactly what ``re.findall(r"So the answer is\\s*(.+?)\\s*\\.?\\s*$", text, re.MULTILINE)[-1].strip()`` returned,
+    in one linear pass (that pattern is cubic in a run of spaces)."""
+    text = text or ""
+    found: Optional[str] = None
+    pos = 0
+    while (start := text.find(ANSWER_PREFIX, pos)) >= 0:
+        after = start + len(ANSWER_PREFIX)
+        begin = _WHITESPACE.match(text, after).end()  # spaces and blank lines before the answer are skipped
+        if begin == len(text):  # only whitespace is left: the answer is a single space character (empty once stripped)
+            return "" if text[after:].strip("\n") else found
+        end = text.find("\n", begin)
+        line = text[begin : len(text) if end < 0 else end].rstrip()
+        answer = line[:-1].rstrip() if line.endswith(".") else line  # one final period is not part of the answer
+        answer = answer or line  # an answer that is just "."
+        found = answer.strip()
+        pos = begin + len(answer)
+    return found
 
 
 def strip_answer_line(rationale: str) -> str:
-    """The rationale without a trailing "So the answer is ..." / "The answer is ..." sentence, stripped."""
-    return _TRAILING_ANSWER_RE.sub("", rationale.strip()).strip()
+    """The rationale without a trailing "So the answer is ..." / "The answer is ..." sentence, stripped.
+
+    The sentence starts the text, follows a ``.``/``!``/``?`` or starts a line, and runs to the end of the text on
+    one line. Linear in the text (a regular expression with ``\\s*`` before the cue was quadratic in blank lines)."""
+    text = rationale.strip()
+    line_start = text.rfind("\n") + 1  # the cue and everything after it must be on the last line
+    cues = sorted((at, len(cue)) for cue in _TRAILING_CUES for at in _occurrences(text, cue, line_start))
+    previous_end = 0
+    for at, length in cues:
+        # the whitespace before the cue: text[space:at] (it cannot reach back past the previous cue)
+        space = previous_end + len(text[previous_end:at].rstrip())
+        previous_end = at + length
+        if space == 0 or text[space - 1] in ".!?":
+            return text[:space].strip()
+        newline = text.find("\n", space, at)
+        if newline >= 0:
+            return text[: newline + 1].strip()
+    return text
+
+
+def _occurrences(text: str, needle: str, start: int = 0) -> list[int]:
+    """Start indices of the non-overlapping occurrences of ``needle`` in ``text[start:]``."""
+    found = []
+    while (at := text.find(needle, start)) >= 0:
+        found.append(at)
+        start = at + len(needle)
+    return found
 
 
 # ------------------------------------------------------------------------------------- model generations
@@ -110,7 +153,11 @@ def normalize_dashes(text: str) -> str:
 def truncate_at_new_question(text: str) -> str:
     """Cut a completion where the model starts a new ``Q:``/``Question:`` (few-shot run-on)."""
     match = _NEW_QUESTION_RE.search(text)
-    return text[: match.start()] if match else text
+    if not match:
+        return text
+    # cut at the first newline of the blank run before the question, as ``\n\s*(?:Q|Question)\s*:`` did
+    space = len(text[: match.start()].rstrip())
+    return text[: text.find("\n", space, match.start() + 1)]
 
 
 def final_answer_segment(text: str) -> Optional[str]:
@@ -136,9 +183,7 @@ def normalize_answer(text: str) -> str:
     dropped; ``"(A)"`` -> ``"a"``. Brackets are only removed around a single token, so Dyck answers such as
     ``") ]"`` survive. Compare keys; never write them into data (that is :func:`canonical_answer`)."""
     text = " ".join(normalize_dashes(text).split()).lower()
-    previous = None
-    while text != previous:
-        previous, text = text, text.strip(_EDGE_JUNK).rstrip(".!")
+    text = text.lstrip(_EDGE_JUNK).rstrip(_EDGE_JUNK + ".!")  # one pass (a loop of strips was quadratic in ". . .")
     match = re.fullmatch(r"\(\s*([^\s()]+)\s*\)", text)
     return match.group(1) if match else text
 

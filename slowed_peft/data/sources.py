@@ -114,11 +114,16 @@ def _load_distill(folder: Path, name: str, split: str) -> tuple[Path, list[tuple
 
 
 def _svamp_teacher_value(label: str) -> Optional[float]:
-    match = re.search(r"\(.*\)", label)
-    try:
-        return eval_arithmetic(match.group(0)) if match else None
-    except ValueError:
-        return None
+    """The value of the first ``( ... )`` of a line of the teacher's answer (from its first ``(`` to the line's last
+    ``)``, as ``re.search(r"\\(.*\\)", label)`` found it, in linear time), or ``None``."""
+    for line in label.split("\n"):
+        first, last = line.find("("), line.rfind(")")
+        if 0 <= first < last:
+            try:
+                return eval_arithmetic(line[first : last + 1])
+            except ValueError:
+                return None
+    return None
 
 
 def load_svamp(
