@@ -185,7 +185,95 @@ def test_resume_keeps_runs_only_for_the_same_settings(tmp_path):
     args = ReplicateArguments(output_dir=str(tmp_path))
     (tmp_path / "results.json").write_text(json.dumps({"args": asdict(args), "arms": {"sft": {}}, "sweep": {}}))
     assert _load_previous(ReplicateArguments(output_dir=str(tmp_path), sweep=False, arms=["slow"]), tmp_path)
-    assert _load_previous(ReplicateArguments(output_dir=str(tmp_path), learning_rate=1e-3), tmp_path) is None
-    assert _load_previous(ReplicateArguments(output_dir=str(tmp_path), resume=False), tmp_path) is None
+    with pytest.raises(ValueError, match="learning_rate"):  # issue 24: refused, never discarded
+        _load_previous(ReplicateArguments(output_dir=str(tmp_path), learning_rate=1e-3), tmp_path)
+    with pytest.raises(ValueError, match="--force"):
+        _load_previous(ReplicateArguments(output_dir=str(tmp_path), resume=False), tmp_path)
     (tmp_path / "results.json").write_text("{not json")
-    assert _load_previous(args, tmp_path) is None
+    with pytest.raises(ValueError, match="not valid JSON"):
+        _load_previous(args, tmp_path)
+
+
+def _finished(tmp_path, **kw):
+    from dataclasses import asdict
+
+    args = ReplicateArguments(output_dir=str(tmp_path), **kw)
+    results = {"args": asdict(args), "arms": {"sft": {"final": {}}}, "sweep": {}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    return (tmp_path / "results.json").read_text()
+
+
+def _run_until_alignment(monkeypatch, argv):
+    """run_all up to the (expensive) alignment step, which is replaced by a sentinel."""
+    from slowed_peft.scripts import replicate
+
+    class Reached(Exception):
+        pass
+
+    def align_student(_):
+        raise Reached
+
+    monkeypatch.setattr(replicate, "align_student", align_student)
+    try:
+        replicate.run(argv)
+    except Reached:
+        return True
+    return False
+
+
+def test_issue24_changed_arguments_refuse_instead_of_discarding_finished_results(tmp_path, monkeypatch):
+    before = _finished(tmp_path)
+    argv = ["--output_dir", str(tmp_path), "--learning_rate", "0.001", "--max_steps", "7"]
+    with pytest.raises(ValueError) as err:
+        _run_until_alignment(monkeypatch, argv)
+    message = str(err.value)
+    assert str(tmp_path / "results.json") in message
+    assert "learning_rate: 0.0001 -> 0.001" in message and "max_steps: 24 -> 7" in message
+    assert "--force" in message and "--output_dir" in message
+    assert (tmp_path / "results.json").read_text() == before  # nothing overwritten
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_issue24_force_keeps_the_old_results_under_another_name(tmp_path, monkeypatch):
+    before = _finished(tmp_path)
+    assert _run_until_alignment(monkeypatch, ["--output_dir", str(tmp_path), "--max_steps", "7", "--force"])
+    kept = sorted(tmp_path.glob("results.*.json"))
+    assert len(kept) == 1 and kept[0].read_text() == before
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_issue24_no_resume_and_unreadable_results_are_never_overwritten_silently(tmp_path, monkeypatch):
+    before = _finished(tmp_path)
+    with pytest.raises(ValueError, match="--force"):
+        _run_until_alignment(monkeypatch, ["--output_dir", str(tmp_path), "--resume", "false"])
+    assert (tmp_path / "results.json").read_text() == before
+    (tmp_path / "results.json").write_text("{truncated")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        _run_until_alignment(monkeypatch, ["--output_dir", str(tmp_path)])
+    assert (tmp_path / "results.json").read_text() == "{truncated"
+    assert _run_until_alignment(monkeypatch, ["--output_dir", str(tmp_path), "--force"])
+    assert [p.read_text() for p in tmp_path.glob("results.*.json")] == ["{truncated"]
+
+
+def test_issue24_same_arguments_resume(tmp_path, monkeypatch):
+    _finished(tmp_path)
+    assert _run_until_alignment(monkeypatch, ["--output_dir", str(tmp_path), "--arms", "sft", "slow"])
+
+
+def test_issue24_results_are_written_atomically(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from slowed_peft.scripts import replicate
+
+    replicate._save({"a": 1}, tmp_path)
+    real_write_text = Path.write_text
+
+    def killed_mid_write(self, text, *args, **kwargs):
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        replicate._save({"a": 2, "b": [1, 2, 3]}, tmp_path)
+    monkeypatch.setattr(Path, "write_text", real_write_text)
+    assert json.loads((tmp_path / "results.json").read_text()) == {"a": 1}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -85,6 +86,13 @@ class ReplicateArguments:
         default=True,
         metadata={
             "help": "Keep finished runs of a results.json with the same arguments in output_dir and only run the rest."
+        },
+    )
+    force: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over even though output_dir holds a results.json this run cannot reuse (other arguments, "
+            "--resume false, unreadable); the old file is kept as results.<time>.json, never overwritten."
         },
     )
     align_epochs: float = field(default=1.0, metadata={"help": "Epochs of the alignment SFT."})
@@ -268,6 +276,7 @@ def run_all(args: ReplicateArguments) -> dict:
     started = time.time()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    previous = _load_previous(args, out)  # before any work: a refusal costs nothing
     print("[1/4] aligned student ...")
     student, alignment = align_student(args.align_arguments())
     print(format_report(alignment))
@@ -279,7 +288,6 @@ def run_all(args: ReplicateArguments) -> dict:
         "arms": {},
         "sweep": {},
     }
-    previous = _load_previous(args, out)
     if previous:
         print(f"resuming: {len(previous['arms'])} arm(s) and {len(previous['sweep'])} sweep run(s) already done")
         results.update({k: previous[k] for k in ("arms", "sweep", "initial", "initial_final") if k in previous})
@@ -354,29 +362,76 @@ def run_all(args: ReplicateArguments) -> dict:
     return results
 
 
-_RESUME_IGNORES = ("resume", "output_dir", "arms", "sweep", "sweep_variants")  # they choose runs, not how runs go
+_MISSING = object()
+_RESUME_IGNORES = ("resume", "force", "output_dir", "arms", "sweep", "sweep_variants")  # choose runs, not how they go
 
 
 def _load_previous(args: ReplicateArguments, out: Path) -> Optional[dict]:
-    """A previous ``results.json`` in ``out`` produced with the same arguments (``resume`` aside), else None."""
+    """The previous ``results.json`` in ``out`` when it was produced with the same arguments (those that choose
+    runs aside) and ``resume`` is on; ``None`` when there is none.
+
+    Finished results are never discarded: a ``results.json`` this run cannot reuse (other arguments, ``--resume
+    false``, not valid JSON) raises ``ValueError`` naming the file, the differing arguments (old -> new) and the ways
+    out; with ``--force`` it is kept as ``results.<time>.json`` and the run starts over."""
     path = out / "results.json"
-    if not args.resume or not path.is_file():
+    if not path.is_file():
         return None
-    try:
-        previous = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        logger.warning(f"{path} is not valid JSON; starting from scratch.")
-        return None
-    mine = {k: v for k, v in asdict(args).items() if k not in _RESUME_IGNORES}
-    theirs = {k: v for k, v in previous.get("args", {}).items() if k not in _RESUME_IGNORES}
-    if mine != theirs:
-        logger.warning(f"{path} was produced with other arguments; starting from scratch.")
-        return None
-    return previous
+    problem = None
+    previous = None
+    if not args.resume:
+        problem = "--resume false would start over and overwrite it"
+    else:
+        try:
+            previous = json.loads(path.read_text())
+            if not isinstance(previous, dict):
+                raise ValueError(f"a JSON {type(previous).__name__}, not an object")
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
+            problem = f"it is not valid JSON results ({err}; a run killed while writing it?)"
+        else:
+            mine = {k: v for k, v in asdict(args).items() if k not in _RESUME_IGNORES}
+            recorded = previous.get("args") if isinstance(previous.get("args"), dict) else {}
+            theirs = {k: v for k, v in recorded.items() if k not in _RESUME_IGNORES}
+            differing = [
+                f"{key}: {theirs.get(key, '<not recorded>')} -> {mine.get(key, '<not an argument>')}"
+                for key in sorted(set(mine) | set(theirs))
+                if mine.get(key, _MISSING) != theirs.get(key, _MISSING)
+            ]
+            if differing:
+                problem = "it was produced with other arguments (" + "; ".join(differing) + ")"
+    if problem is None:
+        return previous
+    if not args.force:
+        raise ValueError(
+            f"{path} holds finished results, but {problem}. Nothing was changed. To keep them, rerun with the "
+            f"arguments they were made with; to start a separate replication, pass another --output_dir; to start "
+            "over here, pass --force (the old file is then kept as results.<time>.json)."
+        )
+    kept = _keep_aside(path)
+    logger.warning(f"{path}: {problem}; --force: starting over, the old results are kept as {kept}.")
+    return None
+
+
+def _keep_aside(path: Path) -> Path:
+    """Rename ``results.json`` to a free ``results.<time>[-n].json`` next to it and return the new path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        target = path.with_name(f"{path.stem}.{stamp}{f'-{n}' if n else ''}{path.suffix}")
+        if not target.exists():
+            path.rename(target)
+            return target
+    raise FileExistsError(f"No free name to keep {path} aside.")
 
 
 def _save(results: dict, out: Path) -> None:
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    """Write ``results.json`` atomically (a temporary file renamed over it), so a kill never leaves half a file."""
+    path = out / "results.json"
+    tmp = out / f".results.json.tmp-{os.getpid()}"
+    try:
+        tmp.write_text(json.dumps(results, indent=2, default=str))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def run(argv: Optional[Sequence[str]] = None) -> dict:
