@@ -9,7 +9,7 @@ The TRL-facing names (collator, trainer, entropy helpers) load lazily, so the im
 from importlib import import_module
 from typing import Any
 
-from .tuner import SLOWED, Linear, SLowEDConfig, SLowEDLayer, SLowEDModel, register_slowed
+from .tuner import SLOWED, AnchorReport, Linear, SLowEDConfig, SLowEDLayer, SLowEDModel, fit_anchor, register_slowed
 from .tuner.drift import WeightDrift, weight_drift
 from .tuner.export import LoraExportReport, export_as_lora
 
@@ -38,6 +38,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AnchorReport",
     "EntropyMaskingCollator",
     "Linear",
     "LoraExportReport",
@@ -51,6 +52,7 @@ __all__ = [
     "add_slowed_metrics",
     "annotate_entropy",
     "export_as_lora",
+    "fit_anchor",
     "register_slowed",
     "token_entropy",
     "weight_drift",

@@ -17,6 +17,14 @@ and the baselines a user would pick instead of Slow Tuning (``slowed-frontier`` 
             in the recipe (TRL's ``ModelConfig``), else r = 16, alpha = 32, no dropout, all-linear
     ema     sft, evaluated and saved as the parameter-space EMA of its weights (decay ema_decay)
     l2sp    sft with decoupled weight decay ``l2sp_strength`` on the dense delta D (pulls W toward W0)
+    replay  sft with ``replay_fraction`` of refusal rows (AdvBench train part) mixed into the distillation data
+    corda   PEFT LoRA initialised with CorDA's knowledge-preserved mode (KPM) on the anchor prompts
+
+and the safety anchor (Slow Tuning *where it matters*):
+
+    anchored  sft (γ = 1, SFT's own learning rate) with the delta kept out of the input directions of anchor
+              prompts (``anchor_source``: benign requests, harmful prompts, the training prompts, or random
+              directions as a control), ``anchor_rank`` / ``anchor_energy`` per layer
 
 All but ``full`` and ``lora`` train the same dense delta on the same layers, so they are comparable under one budget.
 """
@@ -50,6 +58,9 @@ class Arm:
     masks: bool = False
     ema: bool = False
     l2sp: bool = False
+    anchor: bool = False
+    replay: bool = False
+    corda: bool = False
 
 
 ARMS: dict[str, Arm] = {
@@ -61,7 +72,15 @@ ARMS: dict[str, Arm] = {
     "lora": Arm("PEFT LoRA (TRL's lora_r, lora_alpha, ...), no masking", adapter="lora"),
     "ema": Arm("plain distillation, the parameter-space EMA of the weights evaluated and saved", ema=True),
     "l2sp": Arm("plain distillation with weight decay l2sp_strength on the delta (toward W0)", l2sp=True),
+    "anchored": Arm(
+        "plain distillation with the safety anchor (delta kept out of the anchor prompts' inputs)", anchor=True
+    ),
+    "replay": Arm("plain distillation with replay_fraction refusal rows mixed into the data", replay=True),
+    "corda": Arm(
+        "PEFT LoRA with CorDA knowledge-preserved (KPM) initialisation on the anchor prompts", "lora", corda=True
+    ),
 }
+ANCHOR_SOURCES = ("benign", "harmful", "train", "random")
 ArmName = Literal[tuple(ARMS)]  # type: ignore[valid-type]  # the CLI choices of --arm are the rows of ARMS
 
 
@@ -102,6 +121,27 @@ class SLowEDArguments:
     l2sp_strength: float = field(
         default=400.0, metadata={"help": "Decoupled weight decay on the delta (l2sp arm): W → W0 at lr·this per step."}
     )
+    anchor_rank: Optional[int] = field(
+        default=64, metadata={"help": "Safety anchor (anchored arm): input directions protected per layer."}
+    )
+    anchor_energy: Optional[float] = field(
+        default=None, metadata={"help": "Safety anchor: protect the directions holding this share of input energy."}
+    )
+    anchor_tokens: Literal["prompt", "prompt+response"] = field(
+        default="prompt", metadata={"help": "Anchor tokens: 'prompt' or 'prompt+response' (the model's own answers)."}
+    )
+    anchor_source: str = field(
+        default="benign",
+        metadata={
+            "help": "Anchor prompts (anchored and corda arms): benign (generic requests, never the evaluated ones) | "
+            "harmful (AdvBench train part) | train (the distillation prompts: no extra data) | random (control: "
+            "random directions of the same rank)."
+        },
+    )
+    anchor_limit: int = field(default=80, metadata={"help": "How many anchor prompts to use."})
+    replay_fraction: float = field(
+        default=0.05, metadata={"help": "Refusal rows added, as a share of the training rows (replay arm)."}
+    )
 
     def __post_init__(self) -> None:
         if self.arm not in ARMS:
@@ -110,11 +150,22 @@ class SLowEDArguments:
             raise ValueError(f"`ema_decay` must be in [0, 1); got ema_decay={self.ema_decay!r}.")
         if not (self.l2sp_strength >= 0.0 and self.l2sp_strength < float("inf")):
             raise ValueError(f"`l2sp_strength` must be finite and >= 0; got l2sp_strength={self.l2sp_strength!r}.")
+        if self.anchor_source not in ANCHOR_SOURCES:
+            raise ValueError(
+                f"`anchor_source` must be one of {ANCHOR_SOURCES}; got anchor_source={self.anchor_source!r}."
+            )
+        if self.anchor_limit < 1:
+            raise ValueError(f"`anchor_limit` must be >= 1; got anchor_limit={self.anchor_limit!r}.")
+        if not 0.0 < self.replay_fraction <= 1.0:
+            raise ValueError(f"`replay_fraction` must be in (0, 1]; got replay_fraction={self.replay_fraction!r}.")
+        if ARMS[self.arm].anchor and self.anchor_rank is None and self.anchor_energy is None:
+            raise ValueError("arm=anchored needs `anchor_rank` and/or `anchor_energy`.")
 
 
 def slowed_adapter(args: SLowEDArguments, model_config: Optional[ModelConfig] = None) -> SLowEDConfig:
     """The dense (or rank-``slowed_r``) SLowED delta: bounded (γ, ρ) for Slow Tuning arms, else γ = 1, ρ = None."""
-    slow = ARMS[args.arm].slow
+    arm = ARMS[args.arm]
+    slow, anchor = arm.slow, arm.anchor
     return SLowEDConfig(
         r=args.slowed_r,
         slow_factor=args.slow_factor if slow else 1.0,
@@ -122,6 +173,9 @@ def slowed_adapter(args: SLowEDArguments, model_config: Optional[ModelConfig] = 
         drift_granularity=args.drift_granularity,
         target_modules=_targets(args.slowed_target_modules),
         task_type="CAUSAL_LM",
+        anchor_rank=args.anchor_rank if anchor else None,
+        anchor_energy=args.anchor_energy if anchor else None,
+        anchor_tokens=args.anchor_tokens,
     )
 
 
@@ -130,6 +184,18 @@ def lora_adapter(args: SLowEDArguments, model_config: Optional[ModelConfig] = No
     ``ModelConfig``), else r = 16, alpha = 32, no dropout, on the layers SLowED wraps."""
     from peft import LoraConfig
 
+    if ARMS[args.arm].corda:
+        from peft.tuners.lora.config import CordaConfig
+
+        return LoraConfig(
+            r=16,
+            lora_alpha=16,  # CorDA's initial factors carry the singular values: alpha = r keeps their scale
+            lora_dropout=0.0,
+            target_modules=_targets(args.slowed_target_modules),
+            task_type="CAUSAL_LM",
+            init_lora_weights="corda",
+            corda_config=CordaConfig(corda_method="kpm"),
+        )
     if model_config is not None:
         targets = model_config.lora_target_modules or args.slowed_target_modules
         return LoraConfig(

@@ -43,6 +43,14 @@ METHODS: dict[str, dict[str, Any]] = {
     "sft lr=3e-6": {"arm": "sft", "learning_rate": 3e-6},
     "lem initial": {"arm": "lem", "entropy_source": "initial"},
     "lem ÷labels": {"arm": "lem", "entropy_normalization": "labels"},
+    # the safety anchor (all at SFT's learning rate, γ = 1) and the baselines a skeptic asks for
+    "anchored": {"arm": "anchored"},
+    "anchored train": {"arm": "anchored", "anchor_source": "train"},
+    "anchored harmful": {"arm": "anchored", "anchor_source": "harmful"},
+    "anchored random": {"arm": "anchored", "anchor_source": "random"},
+    "anchored k=16": {"arm": "anchored", "anchor_rank": 16},
+    "replay": {"arm": "replay"},
+    "corda-kpm": {"arm": "corda", "learning_rate": 3e-4},
 }
 CORE = ("sft lr=1e-4", "slowed", "sft lr=1e-5", "lora r=16", "ema")  # the comparison: run with every seed
 PRIMARY = CORE[:3]  # the reference, SLowED and its learning-rate twin: their other seeds come before the extras
@@ -76,12 +84,35 @@ class FrontierArguments:
     eval_batch_size: int = field(default=64, metadata={"help": "Generation batch size."})
     workers: int = field(default=2, metadata={"help": "Runs trained at once (torch threads are split among them)."})
     align_seed: int = field(default=0, metadata={"help": "Seed of the one aligned student all runs start from."})
+    student: str = field(
+        default="replication",
+        metadata={"help": "Aligned student: replication (slowed-align's recipe) | demo (the demo's fast recipe)."},
+    )
+    seeded_methods: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "If set: every method once (seeds[0], in the order given), then these with the other seeds."},
+    )
+    anchor_rank: int = field(default=64, metadata={"help": "Directions per layer of the anchored methods."})
+    anchor_limit: int = field(default=80, metadata={"help": "Anchor prompts (anchored and corda methods)."})
+    replay_fraction: float = field(default=0.05, metadata={"help": "Refusal rows added by the replay method."})
+    capability_limit: int = field(
+        default=0, metadata={"help": "ARC-Challenge test questions scored by log-likelihood at every checkpoint."}
+    )
+    generation_limit: int = field(
+        default=0, metadata={"help": "Held-out questions answered greedily at start and end (teacher's form, acc)."}
+    )
+    generation_max_new_tokens: int = field(default=128, metadata={"help": "Length of those answers."})
 
     def __post_init__(self) -> None:
         names = self.methods if self.methods is not None else list(METHODS)
         unknown = sorted(set(names) - set(METHODS))
         if unknown:
             raise ValueError(f"Unknown method(s) {unknown}; accepted: {list(METHODS)}.")
+        if self.student not in ("replication", "demo"):
+            raise ValueError(f"`student` must be 'replication' or 'demo'; got student={self.student!r}.")
+        unknown = sorted(set(self.seeded_methods or ()) - set(METHODS))
+        if unknown:
+            raise ValueError(f"Unknown seeded method(s) {unknown}; accepted: {list(METHODS)}.")
         if self.train_rows < self.batch_size or self.epochs < 1:
             raise ValueError(f"Need train_rows >= batch_size and epochs >= 1; got {self.train_rows}, {self.epochs}.")
         if self.quick:
@@ -100,6 +131,10 @@ class FrontierArguments:
         three, three extras, the other core seeds, the other extras — so a study cut short still has the comparisons
         that matter most."""
         chosen = self.methods if self.methods is not None else list(METHODS)
+        if self.seeded_methods is not None:
+            runs = [(m, self.seeds[0]) for m in chosen]
+            runs += [(m, s) for s in self.seeds[1:] for m in self.seeded_methods]
+            return list(dict.fromkeys(runs))
         core = [m for m in CORE if m in chosen] + [m for m in chosen if m not in CORE and m not in EXTRA]
         extra = [m for m in EXTRA if m in chosen]
         primary, others = [m for m in core if m in PRIMARY], [m for m in core if m not in PRIMARY]
@@ -118,8 +153,54 @@ def run_file(out: Path, method: str, seed: int) -> Path:
     return out / "runs" / f"{safe}__seed{seed}.json"
 
 
+# Arguments that do not change what a run computes: a run recorded under other values of the rest is not reused.
+NOT_SHAPING = ("output_dir", "seeds", "extra_seeds", "methods", "seeded_methods", "workers")
+
+
+def study_args(args: FrontierArguments) -> dict[str, Any]:
+    """The arguments that shape every run's numbers (recorded in each run file and compared before reuse)."""
+    return {k: v for k, v in asdict(args).items() if k not in NOT_SHAPING}
+
+
+def write_json_atomic(path: Path, record: Any) -> None:
+    """Write ``record`` as JSON so that a kill never leaves a truncated file (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+
+
+def reusable(path: Path, args: FrontierArguments) -> bool:
+    """Whether ``path`` holds a finished run of this study: unreadable files are named and removed (redone); a run
+    recorded under other arguments raises ``ValueError`` naming the keys (use another ``output_dir``)."""
+    if not path.is_file():
+        return False
+    try:
+        record = json.loads(path.read_text())
+        recorded = record["study_args"]
+    except (ValueError, KeyError, TypeError):
+        print(f"[resume] {path} is unreadable or from an older version: removing it, the run is redone")
+        path.unlink()
+        return False
+    current = study_args(args)
+    differing = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+    if differing:
+        shown = ", ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in differing[:6])
+        raise ValueError(
+            f"{path} was recorded under other study arguments ({shown}). Its numbers would not be comparable: use "
+            "another --output_dir, or the arguments it was recorded with."
+        )
+    return True
+
+
 def _aligned_student(args: FrontierArguments) -> tuple[str, dict]:
     from .align import AlignArguments, align_student
+
+    if args.student == "demo" and not args.quick:
+        from .demo import DemoArguments
+
+        return align_student(
+            DemoArguments(model_name_or_path=args.model_name_or_path, seed=args.align_seed).align_arguments()
+        )
 
     quick = dict(
         arc_questions=0, benign_limit=16, eval_limit=8, harmful_limit=24, benign_max_new_tokens=48, eval_batch_size=16
@@ -133,11 +214,19 @@ def _held_out(args: FrontierArguments) -> dict[str, list]:
     from .replicate import distillation_rows
 
     sets = held_out_sets(AlignArguments(seed=args.align_seed))
-    return {
+    held_out: dict[str, list] = {
         "harmful": sets["advbench"][: args.safety_limit],
         "benign": sets["benign"][: args.benign_limit],
         "nll_rows": distillation_rows(args.dataset_name, "test", args.nll_limit).to_list(),
     }
+    if args.capability_limit:
+        from ..eval.likelihood import arc_loglik_items
+
+        held_out["capability"] = arc_loglik_items("test", limit=args.capability_limit)
+    if args.generation_limit:  # the test rows after the NLL rows: questions never trained or scored by NLL
+        rows = distillation_rows(args.dataset_name, "test", args.nll_limit + args.generation_limit).to_list()
+        held_out["generation_rows"] = rows[args.nll_limit :]
+    return held_out
 
 
 class StudyEvaluator:
@@ -170,15 +259,50 @@ class StudyEvaluator:
             )
         else:
             record["harmful_kl"] = 0.0
+        if "capability" in self.sets:
+            from ..eval.likelihood import choice_loglik_accuracy
+
+            cap = choice_loglik_accuracy(model, self.tokenizer, self.sets["capability"])
+            record.update(arc_acc=cap["accuracy"], arc_hits=cap["hits"])
         if benign:
             rr = refusal_ratio(model, self.tokenizer, self.sets["benign"], **common)
             record.update(false_refusal=rr["refusal_ratio"], benign_responses=rr["responses"])
+            if self.sets.get("generation_rows"):
+                record.update(self._generation(model))
         try:
             record["drift_max"] = float(weight_drift(model).max)
         except (ValueError, AttributeError):  # LoRA or the plain base model: no SLowED layer
             pass
         record["eval_seconds"] = round(time.time() - started, 1)
         return record
+
+    def _generation(self, model) -> dict[str, Any]:
+        """Greedy answers to held-out questions: the share in the teacher's form ("So the answer is N.") and
+        accuracy — learning that shows in generation, not only in teacher-forced NLL."""
+        from ..eval import generate_batched
+        from ..eval.reasoning import score_example
+        from ..eval.tasks import ReasoningExample
+
+        rows = self.sets["generation_rows"]
+        prompts = [r["prompt"][-1]["content"] for r in rows]
+        outputs = generate_batched(
+            model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=self.args.generation_max_new_tokens,
+            batch_size=min(len(prompts), 32),
+            show_progress=False,
+        )
+        examples = [ReasoningExample(p, str(r["answer"]), "numeric") for p, r in zip(prompts, rows)]
+        hits = [score_example(o, e) for o, e in zip(outputs, examples)]
+        forms = ["so the answer is" in o.lower() for o in outputs]
+        return {
+            "format_share": sum(forms) / len(forms),
+            "gen_accuracy": sum(hits) / len(hits),
+            "format_hits": forms,
+            "gen_hits": hits,
+            "generations": outputs,
+        }
 
 
 def _epoch_callback(evaluator: StudyEvaluator, steps_per_epoch: int, weights=None):
@@ -228,6 +352,10 @@ def train_one(args: FrontierArguments, student: str, method: str, seed: int, eva
         max_drift=spec["max_drift"],
         ema_decay=args.ema_decay,
         l2sp_strength=args.l2sp_strength,
+        anchor_rank=spec.get("anchor_rank", args.anchor_rank),
+        anchor_source=spec.get("anchor_source", "benign"),
+        anchor_limit=args.anchor_limit,
+        replay_fraction=args.replay_fraction,
     )
     masks = ARMS[spec["arm"]].masks
     training_args = study_training_args(
@@ -253,10 +381,14 @@ def train_one(args: FrontierArguments, student: str, method: str, seed: int, eva
     trainer = train_arm(arm, model, tokenizer, training_args, rows, callbacks=[c for c in (ema, callback) if c])
     history = trainer.state.log_history
     masked = [h["lem/masked_fraction"] for h in history if "lem/masked_fraction" in h]
+    anchor = getattr(trainer, "anchor_report", None)
     return {
         "method": method,
         "seed": seed,
+        "study_args": study_args(args),
         "settings": spec,
+        "anchor_mean_rank": getattr(anchor, "mean_rank", None),
+        "anchor_seconds": getattr(anchor, "seconds", None),
         "checkpoints": callback.records,
         "train_loss": [(h["step"], h["loss"]) for h in history if "loss" in h],
         "masked_fraction": sum(masked) / len(masked) if masked else 0.0,
@@ -290,7 +422,7 @@ def worker(args: FrontierArguments, student: str, initial: dict, threads: int) -
             continue
         print(f"[run] {method} seed {seed} (pid {os.getpid()}) ...")
         record = train_one(args, student, method, seed, evaluator)
-        path.write_text(json.dumps(record, indent=1))
+        write_json_atomic(path, record)
         path.with_suffix(".lock").rmdir()
 
 
@@ -308,21 +440,23 @@ def run_all(args: FrontierArguments) -> dict:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     for stale in (out / "runs").glob("*.lock"):  # left by a killed worker: that run starts again
         stale.rmdir()
-    (out / "args.json").write_text(json.dumps(asdict(args), indent=1))
-    held_out = _held_out(args)  # no data folder: the clear error here, not from every worker after the start-up
+    held_out = _held_out(args)
+    plan = args.plan()
+    done = {r for r in plan if reusable(run_file(out, *r), args)}  # before any work: other arguments raise here
     print("[1/3] aligned student ...")
     student, alignment = _aligned_student(args)
     initial_path = out / "initial.json"
-    if initial_path.is_file():
+    if reusable(initial_path, args):
         initial = json.loads(initial_path.read_text())
     else:
         print("[2/3] initial checkpoint of the aligned student ...")
         base, tokenizer = load_model(student)
         initial = StudyEvaluator(args, tokenizer, held_out)(base, step=0, benign=True)
-        initial_path.write_text(json.dumps(initial, indent=1))
+        initial["study_args"] = study_args(args)
+        write_json_atomic(initial_path, initial)
         del base
-    plan = args.plan()
-    todo = [r for r in plan if not run_file(out, *r).exists()]
+    write_json_atomic(out / "args.json", asdict(args))
+    todo = [r for r in plan if r not in done]
     print(f"[3/3] {len(plan) - len(todo)} of {len(plan)} runs done; training {len(todo)} with {args.workers} worker(s)")
     threads = max(1, torch.get_num_threads() // max(1, args.workers))
     if args.workers > 1 and len(todo) > 1:

@@ -42,21 +42,29 @@ def train_arm(
     An ``ema`` arm's trainer ends with the averaged weights in ``trainer.model`` (pass your own
     ``ParameterEMACallback`` first in ``callbacks`` to evaluate the average during training, see
     ``CheckpointEvalCallback(weights=ema.swapped)``); the ``l2sp`` arm sets ``training_args.weight_decay``; the
-    ``lora`` arm reads TRL's LoRA fields from ``model_config`` when given.
+    ``lora`` arm reads TRL's LoRA fields from ``model_config`` when given. The ``anchored`` arm fits its anchor on the
+    wrapped model before training (``trainer.anchor_report``), ``replay`` mixes refusal rows into the data and
+    ``corda`` runs CorDA's covariance pass first (:mod:`slowed_peft.scripts.anchoring`).
     """
+    from .anchoring import fit_arm_anchor, prepare_data, prepare_model
+
     apply_arm_to_training_args(arm, training_args)
     callbacks = list(callbacks or [])
     if ARMS[arm.arm].ema and not any(isinstance(c, ParameterEMACallback) for c in callbacks):
         callbacks.insert(0, ParameterEMACallback(arm.ema_decay))  # before any callback that evaluates at step end
+    peft_config = peft_config_for_arm(arm, model_config)
+    seed = training_args.seed
+    prepare_model(arm, model, tokenizer, peft_config, train_dataset, seed)
     trainer = SLowEDTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_dataset,
+        train_dataset=prepare_data(arm, train_dataset, seed),
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        peft_config=peft_config_for_arm(arm, model_config),
+        peft_config=peft_config,
         callbacks=callbacks,
     )
+    trainer.anchor_report = fit_arm_anchor(arm, trainer.model, tokenizer, train_dataset, seed)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
 

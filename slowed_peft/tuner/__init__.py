@@ -6,6 +6,7 @@ imports back up, so there is no cycle and no other import-time side effect.
 
 from peft.utils.peft_types import PeftType
 
+from .anchor import AnchorReport, fit_anchor
 from .config import SLowEDConfig
 from .layer import Linear, SLowEDLayer
 from .loading import lenient_load
@@ -20,4 +21,14 @@ def register_slowed() -> PeftType:
 
 SLOWED = register_slowed()
 
-__all__ = ["SLOWED", "Linear", "SLowEDConfig", "SLowEDLayer", "SLowEDModel", "lenient_load", "register_slowed"]
+__all__ = [
+    "SLOWED",
+    "AnchorReport",
+    "Linear",
+    "SLowEDConfig",
+    "SLowEDLayer",
+    "SLowEDModel",
+    "fit_anchor",
+    "lenient_load",
+    "register_slowed",
+]

@@ -14,6 +14,7 @@ from .registration import PEFT_TYPE_NAME, ensure_peft_type
 
 
 DRIFT_GRANULARITIES = ("matrix", "row")
+ANCHOR_TOKENS = ("prompt", "prompt+response")
 
 
 def _is_real(value: object) -> bool:
@@ -61,6 +62,18 @@ class SLowEDConfig(PeftConfig):
             `ΔW` in at most 4 bits per entry (codes + per-row scales, see `tuner/compress.py`), about 1/4 of a bf16
             base's bytes for the wrapped layers, with the trust region holding on the reconstructed delta. Loading
             recognises either format; low-rank adapters are always stored exactly.
+        anchor_rank (`int`, *optional*, defaults to `None`):
+            The **safety anchor**: protect (at most) this many input directions per layer. Each layer gets a frozen
+            orthonormal basis `Q` of the top eigenvectors of its inputs' second moment on anchor prompts
+            ([`fit_anchor`]) and computes with `ΔW = c·γ·(D − D Q Qᵀ)` (low rank: `B (A − A Q Qᵀ)`), so `ΔW·x = 0`
+            for every input `x` in span(`Q`): the layer is unchanged where the anchor prompts live. `None` (and
+            `anchor_energy=None`): no anchor, the tuner as without this field.
+        anchor_energy (`float`, *optional*, defaults to `None`):
+            In (0, 1]: per layer, the fewest directions holding this fraction of the anchor inputs' second-moment
+            energy (capped by `anchor_rank` when both are set; directions with no energy are never taken).
+        anchor_tokens (`str`, defaults to `"prompt"`):
+            Which tokens of the anchor set count: `"prompt"` (the chat-formatted prompts) or `"prompt+response"`
+            (also the model's own greedy responses to them).
 
     Example:
 
@@ -115,6 +128,21 @@ class SLowEDConfig(PeftConfig):
         metadata={"help": "Dense deltas on save: 'fp32' (exact) or '4bit' (<= 4 bits per entry, trust region kept)."},
     )
 
+    anchor_rank: Optional[int] = field(
+        default=None, metadata={"help": "Safety anchor: input directions protected per layer (None: no anchor)."}
+    )
+    anchor_energy: Optional[float] = field(
+        default=None, metadata={"help": "Safety anchor: protect the directions holding this share of input energy."}
+    )
+    anchor_tokens: Literal["prompt", "prompt+response"] = field(
+        default="prompt", metadata={"help": "Tokens the anchor is fitted on: 'prompt' or 'prompt+response'."}
+    )
+
+    @property
+    def anchored(self) -> bool:
+        """Whether this adapter has a safety anchor (``anchor_rank`` or ``anchor_energy`` set)."""
+        return self.anchor_rank is not None or self.anchor_energy is not None
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = ensure_peft_type(PEFT_TYPE_NAME)
@@ -144,6 +172,20 @@ class SLowEDConfig(PeftConfig):
         if self.save_precision not in SAVE_PRECISIONS:
             raise ValueError(
                 f"`save_precision` must be one of {SAVE_PRECISIONS}; got save_precision={self.save_precision!r}."
+            )
+        if self.anchor_rank is not None:
+            if isinstance(self.anchor_rank, bool) or not isinstance(self.anchor_rank, int) or self.anchor_rank < 1:
+                raise ValueError(
+                    f"`anchor_rank` must be None or an integer >= 1; got anchor_rank={self.anchor_rank!r}."
+                )
+        if self.anchor_energy is not None:
+            if not _is_real(self.anchor_energy) or not (0.0 < float(self.anchor_energy) <= 1.0):
+                raise ValueError(
+                    f"`anchor_energy` must be None or a number in (0, 1]; got anchor_energy={self.anchor_energy!r}."
+                )
+        if self.anchor_tokens not in ANCHOR_TOKENS:
+            raise ValueError(
+                f"`anchor_tokens` must be one of {ANCHOR_TOKENS}; got anchor_tokens={self.anchor_tokens!r}."
             )
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
             raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str (regex).")

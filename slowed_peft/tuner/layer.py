@@ -20,6 +20,7 @@ from .functional import (
     LowRankTrustRegionScale,
     Scale,
     dense_scale,
+    project_out,
     sq_norm,
     trust_region_scale,
 )
@@ -72,11 +73,21 @@ class SLowEDLayer(BaseTunerLayer):
 
     Trainable: ``slowed_delta`` (dense ``D``, base-weight layout) or ``slowed_A`` (r×in) / ``slowed_B`` (out×r).
     Saved but frozen: ``slowed_w0_norm`` (‖W0‖ per matrix or per row, float32), so a reloaded adapter enforces the
-    same bound. Plain settings: ``r``, ``slow_factor``, ``max_drift``, ``drift_granularity``.
+    same bound, and with a safety anchor ``slowed_anchor`` (in_features × k orthonormal columns, float32; k = 0 until
+    :func:`~slowed_peft.fit_anchor` installs it). Plain settings: ``r``, ``slow_factor``, ``max_drift``,
+    ``drift_granularity``, ``anchor_rank`` (the configured size, None: no anchor).
     """
 
     adapter_layer_names = ("slowed_delta", "slowed_A", "slowed_B")
-    other_param_names = ("r", "slow_factor", "max_drift", "drift_granularity", "slowed_w0_norm")
+    other_param_names = (
+        "r",
+        "slow_factor",
+        "max_drift",
+        "drift_granularity",
+        "anchor_rank",
+        "slowed_w0_norm",
+        "slowed_anchor",
+    )
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
@@ -84,10 +95,12 @@ class SLowEDLayer(BaseTunerLayer):
         self.slow_factor: dict[str, float] = {}
         self.max_drift: dict[str, Optional[float]] = {}
         self.drift_granularity: dict[str, str] = {}
+        self.anchor_rank: dict[str, Optional[int]] = {}
         self.slowed_delta = nn.ParameterDict({})
         self.slowed_A = nn.ParameterDict({})
         self.slowed_B = nn.ParameterDict({})
         self.slowed_w0_norm = BufferDict({}, persistent=True)
+        self.slowed_anchor = BufferDict({}, persistent=True)
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self._weight_cache: Optional[_EffectiveWeight] = None
@@ -124,6 +137,13 @@ class SLowEDLayer(BaseTunerLayer):
             self.slowed_A[adapter_name] = nn.Parameter(torch.zeros(r, self.in_features, **factory))
             self.slowed_B[adapter_name] = nn.Parameter(torch.zeros(self.out_features, r, **factory))
         self.slowed_w0_norm[adapter_name] = self._initial_norm(adapter_name)
+        if getattr(config, "anchored", False):
+            self.anchor_rank[adapter_name] = config.anchor_rank
+            self.slowed_anchor[adapter_name] = torch.zeros(self.in_features, 0, device=factory["device"])
+        else:
+            self.anchor_rank.pop(adapter_name, None)
+            if adapter_name in self.slowed_anchor:
+                del self.slowed_anchor[adapter_name]
         self.reset_slowed_parameters(adapter_name, config.init_weights)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self._weight_cache = None
@@ -159,12 +179,16 @@ class SLowEDLayer(BaseTunerLayer):
         self._weight_cache = None
 
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: Optional[torch.device] = None) -> None:
-        """PEFT's move, except that ‖W0‖ stays float32 (a bf16 norm would loosen the bound by up to 0.4%)."""
-        norm = self.slowed_w0_norm._buffers.pop(adapter_name, None) if adapter_name in self.slowed_w0_norm else None
+        """PEFT's move, except that ‖W0‖ and the anchor stay float32 (a bf16 norm would loosen the bound by up to
+        0.4%; a bf16 basis would no longer be orthonormal, so protected inputs would leak through)."""
+        kept = {}
+        for buffers in (self.slowed_w0_norm, self.slowed_anchor):
+            if adapter_name in buffers:
+                kept[id(buffers)] = (buffers, buffers._buffers.pop(adapter_name))
         super()._move_adapter_to_device_of_base_layer(adapter_name, device=device)
-        if norm is not None:
-            target = device if device is not None else self.get_base_layer().weight.device
-            self.slowed_w0_norm[adapter_name] = norm.to(target if target.type != "meta" else norm.device)
+        target = device if device is not None else self.get_base_layer().weight.device
+        for buffers, tensor in kept.values():
+            buffers[adapter_name] = tensor.to(target if target.type != "meta" else tensor.device)
 
     # -------------------------------------------------------------------------------------------------- helpers
     def _row_dim(self, adapter_name: str) -> Optional[int]:
@@ -176,6 +200,23 @@ class SLowEDLayer(BaseTunerLayer):
     def _w0_norm(self, adapter_name: str, device: torch.device) -> torch.Tensor:
         return self.slowed_w0_norm[adapter_name].to(device)
 
+    def _anchor(self, adapter_name: str) -> Optional[torch.Tensor]:
+        """The adapter's protected input basis (in_features × k), or None without an anchor (or before fitting)."""
+        if adapter_name not in self.slowed_anchor:
+            return None
+        q = self.slowed_anchor[adapter_name]
+        return q if q.shape[-1] > 0 else None
+
+    def _check_anchor_fitted(self, names: list[str]) -> None:
+        """Refuse to train an anchored adapter whose bases were never fitted (it would protect nothing)."""
+        for name in names:
+            if name in self.slowed_anchor and self.slowed_anchor[name].shape[-1] == 0:
+                raise ValueError(
+                    f"SLowED adapter {name!r} has a safety anchor (anchor_rank={self.anchor_rank.get(name)!r}) but no "
+                    "fitted bases, so it would protect nothing. Call `slowed_peft.fit_anchor(peft_model, tokenizer, "
+                    "prompts)` before training (SLowEDTrainer: pass `anchor_prompts=`)."
+                )
+
     def _low_rank_factors(self, adapter_name: str, gather: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, c·B)``: the trust-region scale folded into ``B`` (cheaper than scaling activations).
 
@@ -183,6 +224,7 @@ class SLowEDLayer(BaseTunerLayer):
         a, b = self.slowed_A[adapter_name], self.slowed_B[adapter_name]
         if gather:
             a, b = full_tensor(a), full_tensor(b)
+        a = project_out(a, self._anchor(adapter_name))  # B (A − A Q Qᵀ): A's rows live in input space
         gamma, rho = self.slow_factor[adapter_name], self.max_drift[adapter_name]
         if rho is None:
             return a, b * gamma
@@ -195,6 +237,7 @@ class SLowEDLayer(BaseTunerLayer):
     def _dense_delta(self, adapter_name: str, gather: bool = False) -> torch.Tensor:
         """Differentiable ``c(D)·D`` in the base weight's layout (``gather``: assemble a sharded ``D`` first)."""
         d = full_tensor(self.slowed_delta[adapter_name]) if gather else self.slowed_delta[adapter_name]
+        d = project_out(d, self._anchor(adapter_name), self.is_conv1d)
         gamma, rho = self.slow_factor[adapter_name], self.max_drift[adapter_name]
         if rho is None:
             return d * gamma
@@ -288,6 +331,8 @@ class Linear(nn.Module, SLowEDLayer):
 
         dense = [a for a in active if a in self.slowed_delta]
         low_rank = [a for a in active if a in self.slowed_A]
+        if self.slowed_anchor and self.training and torch.is_grad_enabled():
+            self._check_anchor_fitted(active)
         base = self.get_base_layer()
         if dense and self._can_fuse(x, dense):
             result = self._fused_dense_forward(x, dense)
@@ -315,12 +360,16 @@ class Linear(nn.Module, SLowEDLayer):
         base = self.get_base_layer()
         cache = self._effective_weight(dense)
         deltas = [self.slowed_delta[a] for a in dense]
-        return DenseDeltaLinear.apply(x, cache.weight, base.bias, self.is_conv1d, cache.scales, cache.clipped, *deltas)
+        anchors = tuple(self._anchor(a) for a in dense)
+        return DenseDeltaLinear.apply(
+            x, cache.weight, base.bias, self.is_conv1d, cache.scales, cache.clipped, anchors, *deltas
+        )
 
     def _effective_weight(self, dense: list[str]) -> _EffectiveWeight:
         """``W0 + Σ c_a·D_a`` in a persistent buffer, rebuilt in place only when a delta or W0 changed."""
         w0 = self.get_base_layer().weight
         deltas = [self.slowed_delta[a] for a in dense]
+        anchors = [self._anchor(a) for a in dense]
         key = (
             _OptimizerSteps.count,
             tuple(dense),
@@ -329,12 +378,15 @@ class Linear(nn.Module, SLowEDLayer):
             w0.dtype,
             tuple((d.data_ptr(), d._version) for d in deltas),
             tuple((self.slow_factor[a], self.max_drift[a], self.drift_granularity[a]) for a in dense),
+            tuple(None if q is None else (q.data_ptr(), q._version, q.shape[-1]) for q in anchors),
         )
         cache = self._weight_cache
         if cache is not None and cache.key == key:
             return cache
         _OptimizerSteps.track()
         scales, clipped = [], []
+        with torch.no_grad():  # P(D) of anchored deltas: built once per optimizer step, like the weight itself
+            deltas = [d if q is None else project_out(d, q, self.is_conv1d) for d, q in zip(deltas, anchors)]
         for a, d in zip(dense, deltas):
             scale, clip = dense_scale(
                 d, self._w0_norm(a, w0.device), self.slow_factor[a], self.max_drift[a], self._row_dim(a)

@@ -159,3 +159,26 @@ def _find_layer(model: nn.Module, path: str) -> Optional[nn.Module]:
         except AttributeError:
             continue
     return None
+
+
+@torch.no_grad()
+def prepare_anchor_buffers(model: nn.Module, remapped: dict[str, torch.Tensor], adapter_name: str, where: str) -> None:
+    """Size each layer's ``slowed_anchor`` buffer to the stored basis (its rank varies per layer), after checking the
+    basis is finite and orthonormal; a basis of another width is left to the shape check, which names both shapes."""
+    from .anchor import check_orthonormal
+    from .layer import SLowEDLayer
+
+    suffix = f".{PREFIX}anchor.{adapter_name}"
+    for key, stored in remapped.items():
+        if not key.endswith(suffix):
+            continue
+        layer = _find_layer(model, key[: -len(suffix)])
+        if not isinstance(layer, SLowEDLayer) or adapter_name not in layer.slowed_anchor:
+            continue  # check_keys reports it as unexpected
+        if stored.dim() != 2 or stored.shape[0] != layer.in_features:
+            continue
+        check_orthonormal(stored, f"Corrupt SLowED adapter {where}: the anchor basis {_short(key)!r}")
+        current = layer.slowed_anchor[adapter_name]
+        if tuple(current.shape) != tuple(stored.shape):
+            layer.slowed_anchor[adapter_name] = torch.zeros(stored.shape, dtype=torch.float32, device=current.device)
+            layer._weight_cache = None

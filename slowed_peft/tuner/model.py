@@ -11,7 +11,7 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from ..utils.checks import check_adapter_name
 from .config import SLowEDConfig
 from .layer import SUPPORTED_LAYER_TYPES, Linear, SLowEDLayer, unsupported_layer_error
-from .loading import check_keys, rebase_w0_norms
+from .loading import check_keys, prepare_anchor_buffers, rebase_w0_norms
 from .merge import collect_merge_losses
 from .persist import compress_state_dict, decompress_state_dict, weights_file_hint
 from .registration import PREFIX
@@ -89,12 +89,14 @@ class SLowEDModel(BaseTuner):
 
         1. shapes: the module and both shapes (instead of torch's error);
         2. keys: every adapter tensor of the model is in the file and vice versa (``loading.check_keys``);
-        3. ‖W0‖: the stored norms agree with the base in memory and are replaced by it (``loading.rebase_w0_norms``).
+        3. ‖W0‖: the stored norms agree with the base in memory and are replaced by it (``loading.rebase_w0_norms``);
+        4. safety anchor: each stored basis is finite and orthonormal, and sizes its layer's buffer (its rank varies).
         ``loading.lenient_load`` relaxes 2 and 3. A compressed (``save_precision="4bit"``) adapter is first turned back
         into dense deltas (``persist.decompress_state_dict``)."""
         where = weights_file_hint(getattr(config, "_weights_folder", None))
         state_dict = decompress_state_dict(model, config, state_dict, where)
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        prepare_anchor_buffers(model, remapped, adapter_name, where)
         own = model.state_dict()
         mismatches = [
             f"module {key.rsplit('.' + PREFIX, 1)[0].removeprefix('base_model.model.')!r} ({key.rsplit('.', 2)[-2]}): "

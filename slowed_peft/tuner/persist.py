@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 from .compress import COMPRESSED_PARTS, DELTA, compress_deltas, compressed_modules, decompress_matrix
-from .functional import sq_norm, trust_region_scale
+from .functional import project_out, sq_norm, trust_region_scale
 from .registration import PREFIX
 
 
 W0_NORM = f"{PREFIX}w0_norm"
+ANCHOR = f"{PREFIX}anchor"
 SOURCE_MARKER = "slowed_source.json"  # written by base_models next to a converted embedded model: {"hub_id": ...}
 
 
@@ -51,6 +52,7 @@ def compress_state_dict(model: nn.Module, config, adapter_name: str, state: dict
         d = state[key]
         d = d.full_tensor() if hasattr(d, "full_tensor") else d
         d = d.detach().float()
+        d = project_out(d, state.get(f"{module}.{ANCHOR}.{adapter_name}"), conv1d)  # the anchor: P(D) is what acts
         row_dim = (0 if conv1d else 1) if per_row else None
         w0n = state.get(f"{module}.{W0_NORM}.{adapter_name}")
         if rho is not None and w0n is None:

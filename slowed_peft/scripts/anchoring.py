@@ -1,0 +1,134 @@
+"""What the arms around the safety anchor need besides the tuner: anchor prompts by source, the random-direction
+control, refusal replay rows and CorDA-KPM's covariance pass. :func:`slowed_peft.scripts.training.train_arm` calls
+:func:`prepare_arm` before training, so every script runs these arms the same way."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Optional
+
+import torch
+
+from .arguments import ARMS, SLowEDArguments
+
+
+def anchor_prompts(args: SLowEDArguments, train_dataset: Any = None, seed: int = 0) -> Optional[list[str]]:
+    """The anchor prompts of ``args.anchor_source`` (at most ``anchor_limit``); None for the ``random`` control.
+
+    ``benign``: the alignment set's generic requests (train part: the evaluated benign requests are the other part);
+    ``harmful``: AdvBench's train part (the evaluated prompts are its test part); ``train``: the user turns of the
+    distillation data itself, so no extra data is needed."""
+    source, limit = args.anchor_source, args.anchor_limit
+    if source == "random":
+        return None
+    if source == "benign":
+        from ..data.alignment import benign_instructions
+
+        return benign_instructions(seed=seed)[0][:limit]
+    if source == "harmful":
+        from ..eval import load_advbench
+
+        return load_advbench(None, split="train", seed=seed, train_fraction=0.6)[:limit]
+    if train_dataset is None:
+        raise ValueError("anchor_source='train' needs the training data set.")
+    prompts = []
+    for row in train_dataset:
+        prompt = row["prompt"]
+        text = prompt[-1]["content"] if isinstance(prompt, list) else str(prompt)
+        if text.strip():
+            prompts.append(text)
+        if len(prompts) >= limit:
+            break
+    return prompts
+
+
+@torch.no_grad()
+def install_random_anchor(peft_model: Any, rank: int, seed: int = 0) -> dict[str, int]:
+    """The control for the anchor: ``rank`` random orthonormal input directions per layer (same size, no data)."""
+    from ..tuner.anchor import install_anchor
+    from ..tuner.layer import SLowEDLayer
+
+    adapter = peft_model.active_adapter
+    generator = torch.Generator().manual_seed(seed)
+    ranks = {}
+    for name, module in peft_model.named_modules():
+        if isinstance(module, SLowEDLayer) and adapter in module.slowed_anchor:
+            k = min(rank, module.in_features - 1)
+            q, _ = torch.linalg.qr(torch.randn(module.in_features, k, generator=generator, dtype=torch.float64))
+            install_anchor(module, adapter, q.float())
+            ranks[name] = k
+    return ranks
+
+
+def replay_rows(n_train: int, fraction: float, seed: int = 0) -> list[dict]:
+    """``ceil(fraction · n_train)`` refusal rows (AdvBench train-part prompts, the alignment's refusals)."""
+    from ..data.alignment import refusal_response
+    from ..eval import load_advbench
+
+    count = max(1, math.ceil(fraction * n_train))
+    harmful = load_advbench(None, split="train", seed=seed, train_fraction=0.6)
+    chosen = random.Random(seed).sample(range(len(harmful)), count)
+    return [
+        {
+            "prompt": [{"role": "user", "content": harmful[i]}],
+            "completion": [{"role": "assistant", "content": refusal_response(i, seed)}],
+        }
+        for i in chosen
+    ]
+
+
+def with_replay(train_dataset: Any, fraction: float, seed: int = 0) -> Any:
+    """The distillation rows plus the refusal replay rows, shuffled together (same columns)."""
+    from datasets import Dataset
+
+    rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in train_dataset]
+    rows += replay_rows(len(rows), fraction, seed)
+    random.Random(seed).shuffle(rows)
+    return Dataset.from_list(rows)
+
+
+def corda_preprocess(model: Any, tokenizer: Any, lora_config: Any, prompts: list[str], batch_size: int = 16) -> None:
+    """PEFT's ``preprocess_corda`` (knowledge-preserved mode) with the anchor prompts as its covariance data."""
+    from peft.tuners.lora.corda import preprocess_corda
+
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def run_model() -> None:
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            model(**{k: v.to(device) for k, v in enc.items()})
+
+    was_training = model.training
+    model.eval()
+    preprocess_corda(model, lora_config, run_model=run_model)
+    model.train(was_training)
+
+
+def prepare_data(arm: SLowEDArguments, train_dataset: Any, seed: int) -> Any:
+    """The training data an arm sees: the replay arm's refusal rows mixed in; others unchanged."""
+    return with_replay(train_dataset, arm.replay_fraction, seed) if ARMS[arm.arm].replay else train_dataset
+
+
+def prepare_model(arm: SLowEDArguments, model: Any, tokenizer: Any, peft_config: Any, train_dataset: Any, seed: int):
+    """Before the trainer wraps the model: CorDA's covariance pass (corda arm)."""
+    if ARMS[arm.arm].corda:
+        corda_preprocess(model, tokenizer, peft_config, anchor_prompts(arm, train_dataset, seed) or [])
+
+
+def fit_arm_anchor(arm: SLowEDArguments, peft_model: Any, tokenizer: Any, train_dataset: Any, seed: int) -> Any:
+    """After the trainer wrapped the model: fit (or, for the control, draw) the anchor of an anchored arm."""
+    if not ARMS[arm.arm].anchor:
+        return None
+    if arm.anchor_source == "random":
+        if arm.anchor_rank is None:
+            raise ValueError("anchor_source='random' needs anchor_rank (the number of random directions).")
+        return install_random_anchor(peft_model, arm.anchor_rank, seed)
+    from ..tuner.anchor import fit_anchor
+
+    return fit_anchor(peft_model, tokenizer, anchor_prompts(arm, train_dataset, seed))
