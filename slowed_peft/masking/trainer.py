@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
+from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 
 from .annotate import ENTROPY_COLUMN
@@ -19,6 +24,59 @@ from .selection import low_entropy_mask
 # The TRL release whose `SFTTrainer.compute_loss` the live loss and `_log_trl_metrics` mirror; tests/test_trl_mirror.py
 # fails when the installed TRL's mirrored lines differ from that release's.
 TRL_MIRRORED_VERSION = "1.16.0"
+
+# SLowEDConfig fields that shape what training does to the weights: a resumed run must use the checkpoint's values
+# (fields this version of SLowEDConfig does not have are skipped; a field missing from an older checkpoint's
+# adapter_config.json counts as its default).
+RESUME_FIELDS = (
+    "r",
+    "slow_factor",
+    "max_drift",
+    "drift_granularity",
+    "init_weights",
+    "anchor_rank",
+    "anchor_energy",
+    "anchor_tokens",
+)
+SLOWED_TYPE = "SLOWED"
+
+
+def _slowed_configs(model) -> dict:
+    """``{adapter name: SLowEDConfig}`` of a PEFT model (empty for anything else)."""
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, dict):
+        return {}
+    return {name: c for name, c in configs.items() if getattr(c, "peft_type", None) == SLOWED_TYPE}
+
+
+def check_resume_settings(model, checkpoint: str) -> None:
+    """``ValueError`` unless every SLowED adapter of ``model`` has the settings (:data:`RESUME_FIELDS`) recorded in
+    ``checkpoint``'s ``adapter_config.json``: the checkpoint's weights were trained under those, so continuing under
+    others (a looser trust region, another γ) would silently change the run. Names each field, old and new value."""
+    problems = []
+    for name, config in _slowed_configs(model).items():
+        path = os.path.join(checkpoint, "adapter_config.json" if name == "default" else f"{name}/adapter_config.json")
+        if not os.path.isfile(path):
+            continue  # no adapter saved under that name: PEFT's own loading reports what is missing
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"Cannot resume from {checkpoint}: {path} is unreadable ({err}).") from None
+        defaults = {k: f.default for k, f in getattr(type(config), "__dataclass_fields__", {}).items()}
+        differing = [
+            f"{field}: {saved.get(field, defaults.get(field))!r} (checkpoint) -> {getattr(config, field)!r} (this run)"
+            for field in RESUME_FIELDS
+            if hasattr(config, field) and saved.get(field, defaults.get(field)) != getattr(config, field)
+        ]
+        if differing:
+            problems.append(f"adapter {name!r} ({path}): " + "; ".join(differing))
+    if problems:
+        raise ValueError(
+            f"Cannot resume from {checkpoint}: the checkpoint was trained under other adapter settings than this run "
+            f"asks for: {' | '.join(problems)}. Its adapter_config.json is what its weights were trained under: resume "
+            "with those settings, or start a new run (another output_dir, no resume_from_checkpoint)."
+        )
 
 
 class SLowEDTrainer(SFTTrainer):
@@ -90,6 +148,51 @@ class SLowEDTrainer(SFTTrainer):
         super()._set_signature_columns_if_needed()
         if self._initial_masking and ENTROPY_COLUMN not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, ENTROPY_COLUMN]
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """``Trainer.train``; resuming first checks that the checkpoint was trained under this run's adapter
+        settings (:func:`check_resume_settings`: ``max_drift``, ``slow_factor``, ``r``, ...)."""
+        if resume_from_checkpoint:
+            checkpoint = resume_from_checkpoint
+            if isinstance(checkpoint, bool):
+                checkpoint = get_last_checkpoint(self.args.output_dir)  # None: Trainer.train raises its own error
+            if checkpoint is not None:
+                check_resume_settings(self.model, str(checkpoint))
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    @contextmanager
+    def _exact_adapter_saves(self) -> Iterator[None]:
+        """Trainer checkpoints store the exact adapter: ``save_precision`` is ``"fp32"`` while one is written (a
+        ``"4bit"`` run's checkpoint would otherwise resume from a rounded delta); the final ``save_model`` keeps the
+        run's own setting."""
+        configs = [c for c in _slowed_configs(self.model).values() if getattr(c, "save_precision", "fp32") != "fp32"]
+        previous = [c.save_precision for c in configs]
+        for config in configs:
+            config.save_precision = "fp32"
+        try:
+            yield
+        finally:
+            for config, precision in zip(configs, previous):
+                config.save_precision = precision
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """A SLowED model gets the SLowED card (``tuner/card.py``: config, storage precision, usage) in ``output_dir``,
+        not TRL's generic one, which would otherwise also keep the final adapter's own card from being written."""
+        if not _slowed_configs(self.model):
+            return super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero() and hasattr(self.model, "create_or_update_model_card"):
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            self.model.create_or_update_model_card(self.args.output_dir)
+        return None
+
+    def _save_checkpoint(self, model, trial):
+        with self._exact_adapter_saves():
+            return super()._save_checkpoint(model, trial)
+
+    def _tune_save_checkpoint(self, checkpoint_dir: str) -> None:
+        with self._exact_adapter_saves():
+            return super()._tune_save_checkpoint(checkpoint_dir)
 
     # ------------------------------------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
