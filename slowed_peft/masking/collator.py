@@ -8,11 +8,15 @@ from typing import Any, Literal, Optional
 
 import torch
 from torch import nn
+from transformers.utils import logging
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from .annotate import ENTROPY_COLUMN
 from .entropy import model_token_entropy
 from .selection import low_entropy_mask, validate_masking_args
+
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -139,10 +143,14 @@ class EntropyMaskingCollator(DataCollatorForLanguageModeling):
         candidates = labels != -100
         candidates[:, 0] = False
         if not candidates.any():
-            raise ValueError(
-                "EntropyMaskingCollator: no example in this batch has a label token after position 0 (all labels are "
-                "-100). Does the dataset have completion tokens? Check completion_only_loss / max_length truncation."
+            # Nothing to mask: the batch contributes zero loss, as in plain SFT and with live masking (e.g. rows whose
+            # only token is EOS). Said once, in case every batch is like this (no completion tokens at all?).
+            logger.warning_once(
+                "EntropyMaskingCollator: a batch has no label token after position 0 (all labels are -100); it "
+                "contributes zero loss. If this repeats, check that the dataset has completion tokens "
+                "(completion_only_loss / max_length truncation)."
             )
+            return batch
         drop = low_entropy_mask(ent, candidates, self.threshold, self.quantile, self.min_kept)
         batch["labels"] = labels.masked_fill(drop, -100)
         self.stats.masked += int(drop.sum())
