@@ -2,8 +2,9 @@
 
 Parses ``SLowEDScriptArguments``, ``SLowEDSFTConfig``, ``ModelConfig`` and ``SLowEDArguments`` with TRL's parser
 (``--config NAME_OR_PATH`` plus CLI overrides), loads the CoT data and the student, trains the chosen arm through
-:func:`~slowed_peft.scripts.training.train_arm`, saves the adapter, the log history and a loss/drift plot, and
-optionally pushes to the Hub.
+:func:`~slowed_peft.scripts.training.train_arm`, saves the adapter (a dense SLowED adapter in 4 bits per entry unless
+``--save_precision fp32``; checkpoints are always exact), the log history and a loss/drift plot, and optionally pushes
+to the Hub.
 
 ```bash
 slowed-sft --config smollm2-135m-demo                                    # CPU demo: embedded SmolLM2-135M-Instruct
@@ -17,7 +18,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Literal, Optional
 
 from transformers.utils import logging
 from trl import ModelConfig
@@ -33,9 +35,28 @@ from .training import train_arm
 logger = logging.get_logger(__name__)
 
 
+@dataclass
+class SLowEDRecipeArguments(SLowEDArguments):
+    """:class:`SLowEDArguments` plus how the recipe writes its final adapter."""
+
+    save_precision: Literal["4bit", "fp32"] = field(
+        default="4bit",
+        metadata={
+            "help": "How the final dense SLowED adapter is written: 4bit (at most 4 bits per entry, <= 0.25x the "
+            "wrapped layers' bf16 bytes, reconstructed on load) or fp32 (exact). Low-rank adapters and trainer "
+            "checkpoints are always exact."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.save_precision not in ("4bit", "fp32"):
+            raise ValueError(f"`save_precision` must be '4bit' or 'fp32'; got save_precision={self.save_precision!r}.")
+
+
 def make_parser(subparsers=None) -> SLowEDParser:
     """The recipe's parser (or its ``sft`` sub-command when ``subparsers`` is given)."""
-    dataclass_types = (SLowEDScriptArguments, SLowEDSFTConfig, ModelConfig, SLowEDArguments)
+    dataclass_types = (SLowEDScriptArguments, SLowEDSFTConfig, ModelConfig, SLowEDRecipeArguments)
     if subparsers is not None:
         return subparsers.add_parser("sft", help="SLowED distillation", dataclass_types=dataclass_types)
     return SLowEDParser(dataclass_types)
@@ -97,7 +118,8 @@ def main(
         resume_from_checkpoint=training_args.resume_from_checkpoint,
         model_config=model_args,
     )
-    trainer.save_model(training_args.output_dir)
+    set_save_precision(trainer.model, getattr(slowed_args, "save_precision", "4bit"))
+    trainer.save_model(training_args.output_dir)  # its README.md (the SLowED card) says which precision
     history = trainer.state.log_history
     with open(os.path.join(training_args.output_dir, "log_history.json"), "w") as f:
         json.dump({"arm": slowed_args.arm, "log_history": history}, f, indent=2)
@@ -117,6 +139,13 @@ def main(
     if push:
         push_adapter(trainer.model, hub_id, base_model_id=hub_id_for(model_args.model_name_or_path))
     return trainer
+
+
+def set_save_precision(model, precision: str) -> None:
+    """Make every SLowED adapter of ``model`` save in ``precision`` (``"4bit"`` / ``"fp32"``); other models untouched."""
+    for config in getattr(model, "peft_config", {}).values():
+        if getattr(config, "peft_type", None) == "SLOWED":
+            config.save_precision = precision
 
 
 def run(argv: Optional[Sequence[str]] = None) -> SLowEDTrainer:
