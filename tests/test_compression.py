@@ -227,3 +227,31 @@ def test_converted_embedded_model_records_its_hub_id(tmp_path):
     base_models._write_source_marker("smollm2-135m-instruct", folder)
     assert hub_id_of(str(folder)) == base_models.hub_id_for("smollm2-135m-instruct")
     assert hub_id_of(str(tmp_path)) is None and hub_id_of(None) is None
+
+
+def _scale_book(factor: float, scale: float):
+    def edit(state, key):
+        state[key + ".slowed_qbook"] = state[key + ".slowed_qbook"] * factor
+        state[key + ".slowed_qscale"] = torch.full_like(state[key + ".slowed_qscale"], scale)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        # each part finite, their product not: every logit would be NaN
+        (_scale_book(1e36, 65504.0), r"reconstructed delta .*not finite"),
+        # ΔW finite, but ‖ΔW‖² overflows float32: the trust region would scale the delta to zero (a silent no-op)
+        (_scale_book(1e30, 1.0), r"norm .*overflows"),
+    ],
+)
+def test_issue24_tampered_book_and_scale_are_refused_naming_file_and_key(tmp_path, edit, match):
+    f = _saved(tmp_path)
+    state = load_file(f)
+    key = sorted(C.compressed_modules(state))[0]
+    edit(state, key)
+    save_file(state, f)
+    with pytest.raises(ValueError, match=match) as err:
+        PeftModel.from_pretrained(build_tiny("llama", tmp_path / "b"), tmp_path / "a")
+    assert str(f) in str(err.value) and key in str(err.value)

@@ -2,7 +2,7 @@
 
 A dense adapter stores ``D`` (float32, one number per base weight). What a user needs is the effective delta
 ``ΔW = c(D)·D`` (γ and the trust region applied), and fine-tuning deltas compress well (BitDelta, Liu et al. 2024).
-With ``SLowEDConfig(save_precision="4bit")`` (the default) every dense ``ΔW`` is saved as
+With ``SLowEDConfig(save_precision="4bit")`` (the default is ``"fp32"``) every dense ``ΔW`` is saved as
 
 * ``slowed_qcodes``: ``b``-bit codes, bit-packed into ``uint8`` (``b`` in 1..8, chosen per matrix);
 * ``slowed_qscale``: one float16 scale per output row (least-squares fit to the row given its codes);
@@ -240,7 +240,26 @@ def decompress_matrix(parts: dict[str, torch.Tensor], where: str) -> torch.Tenso
     if not (bool(torch.isfinite(parts[SCALE]).all()) and bool(torch.isfinite(parts[BOOK]).all())):
         raise ValueError(f"{where}: {SCALE!r} or {BOOK!r} holds NaN or inf.")
     codes = unpack_bits(parts[CODES], b, o * i).reshape(o, i)
-    return dequantize_matrix(codes, parts[SCALE], parts[BOOK])
+    delta = dequantize_matrix(codes, parts[SCALE], parts[BOOK])
+    check_reconstructed(delta, where)
+    return delta
+
+
+def check_reconstructed(delta: torch.Tensor, where: str, what: str = "reconstructed delta") -> None:
+    """``ValueError`` naming ``where`` unless ``delta`` and its float32 squared norm are finite.
+
+    Scales and code books can each be finite while their product is not (NaN logits), or while ``‖ΔW‖²`` overflows
+    float32 (the trust region then scales the delta to zero: the adapter silently does nothing)."""
+    if not bool(torch.isfinite(delta).all()):
+        raise ValueError(
+            f"{where}: the {what} ({SCALE!r} x {BOOK!r}) is not finite (NaN or inf): a tampered or corrupt file."
+        )
+    sq = delta.float().pow(2).sum()
+    if not bool(torch.isfinite(sq)):
+        raise ValueError(
+            f"{where}: the {what} ({SCALE!r} x {BOOK!r}) is finite but its norm overflows float32 (max |entry| "
+            f"{float(delta.abs().max()):.3g}): a tampered or corrupt file."
+        )
 
 
 def compressed_modules(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:

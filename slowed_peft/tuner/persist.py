@@ -16,7 +16,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .compress import COMPRESSED_PARTS, DELTA, compress_deltas, compressed_modules, decompress_matrix
+from .compress import (
+    COMPRESSED_PARTS,
+    DELTA,
+    check_reconstructed,
+    compress_deltas,
+    compressed_modules,
+    decompress_matrix,
+)
 from .functional import project_out, sq_norm, trust_region_scale
 from .registration import PREFIX
 
@@ -86,11 +93,14 @@ def decompress_state_dict(model: nn.Module, config, state: dict[str, torch.Tenso
                 f"Corrupt SLowED adapter {where}: module {module!r} has a compressed delta without "
                 f"{', '.join(repr(f'{module}.{p}') for p in missing)} (a partial or edited file?)."
             )
-        delta = decompress_matrix(parts, f"Corrupt SLowED adapter {where}, module {module!r}")
+        name = f"Corrupt SLowED adapter {where}, module {module!r}"
+        delta = decompress_matrix(parts, name)  # ΔW_rec and its norm are checked finite there
         layer = _find_layer(model, module)
         if getattr(layer, "is_conv1d", False):
             delta = delta.T.contiguous()
-        out[f"{module}.{DELTA}"] = delta / gamma
+        delta = delta / gamma
+        check_reconstructed(delta, name, f"delta D = ΔW/γ (γ = {gamma:g})")  # what the layer's norms are taken of
+        out[f"{module}.{DELTA}"] = delta
     return out
 
 
