@@ -33,7 +33,6 @@ RESUME_FIELDS = (
     "slow_factor",
     "max_drift",
     "drift_granularity",
-    "init_weights",
     "anchor_rank",
     "anchor_energy",
     "anchor_tokens",
