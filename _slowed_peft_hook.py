@@ -7,8 +7,9 @@ start. Unless ``SLOWED_PEFT_NO_HOOK`` is set (then this module is not even impor
 which registers the type. So adapters with ``"peft_type": "SLOWED"`` load without ``import slowed_peft``.
 
 Set ``SLOWED_PEFT_NO_HOOK=1`` to turn it off (PEFT then raises ``KeyError: 'SLOWED'`` unless ``slowed_peft`` is
-imported). The watcher removes itself once peft is imported, and a failure to register is a warning, never an error
-in peft's own import.
+imported). The watcher removes itself once peft is imported, and a failure to register is a warning (once per process),
+never an error in peft's own import, whatever ``slowed_peft`` raised. The ``.pth`` line is silent when this module is
+gone (a moved or deleted editable clone): it only imports it inside ``try``/``except ImportError``.
 """
 
 from __future__ import annotations
@@ -21,13 +22,25 @@ ENV_DISABLE = "SLOWED_PEFT_NO_HOOK"
 WATCHED = "peft"
 
 
+_warned = False
+
+
 def _register() -> None:
-    """Import ``slowed_peft`` (registers ``SLOWED``) unless it is already being imported, which registers it too."""
+    """Import ``slowed_peft`` (registers ``SLOWED``) unless it is already being imported, which registers it too.
+
+    Whatever that import raises — ``SystemExit`` and other ``BaseException`` included, only ``KeyboardInterrupt``
+    goes through — becomes one warning per process: the user's ``import peft`` never fails because of this hook."""
+    global _warned
     if "slowed_peft" in sys.modules:
         return
     try:
         import slowed_peft  # noqa: F401
-    except Exception as exc:  # never break the user's ``import peft``
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # never break the user's ``import peft``, nor end the process
+        if _warned:
+            return
+        _warned = True
         import warnings
 
         warnings.warn(

@@ -135,3 +135,78 @@ def test_wheel_ships_the_pth_at_its_root(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "slowed_peft_hook.pth" in names and "_slowed_peft_hook.py" in names
     assert "slowed_peft/lm_eval_tasks/slowed_gsm8k.yaml" in names
+
+
+# ---------------------------------------------------------------------------------------- issue 24, point 7
+
+
+def bare_python(code: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """A fresh interpreter without the site-packages start-up (``-S``), run in ``cwd``: the test decides what is on
+    ``sys.path`` and which ``.pth`` files are processed."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SLOWED_PEFT_NO_HOOK", "PYTHONPATH")}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-S", "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def test_pth_is_silent_when_the_hook_module_is_gone(tmp_path):
+    """A half-removed install (the ``.pth`` left, ``_slowed_peft_hook`` deleted) prints nothing at start-up."""
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    (site_dir / "slowed_peft_hook.pth").write_text((REPO / "slowed_peft_hook.pth").read_text())
+    res = bare_python(
+        f"""
+        import site, sys
+        site.addsitedir({str(site_dir)!r})  # processes the .pth as interpreter start-up does
+        print("hook" if any(type(f).__name__ == "_PeftImportWatcher" for f in sys.meta_path) else "no hook")
+        """,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0 and res.stdout.strip() == "no hook"
+    assert res.stderr == "", res.stderr
+    # with the module present, the same line installs the watcher
+    (site_dir / "_slowed_peft_hook.py").write_text((REPO / "_slowed_peft_hook.py").read_text())
+    res = bare_python(
+        f"""
+        import site, sys
+        site.addsitedir({str(site_dir)!r})
+        print("hook" if any(type(f).__name__ == "_PeftImportWatcher" for f in sys.meta_path) else "no hook")
+        """,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0 and res.stdout.strip() == "hook" and res.stderr == "", res.stderr
+
+
+@pytest.mark.parametrize("raised", ["SystemExit(3)", "ImportError('boom')", "BaseException('odd')", "RecursionError()"])
+def test_import_peft_survives_anything_slowed_peft_raises_at_import(tmp_path, raised):
+    fake = tmp_path / "fake"
+    (fake / "slowed_peft").mkdir(parents=True)
+    (fake / "slowed_peft" / "__init__.py").write_text(f"raise {raised}\n")
+    (fake / "_slowed_peft_hook.py").write_text((REPO / "_slowed_peft_hook.py").read_text())
+    purelib = sysconfig.get_paths()["purelib"]
+    res = bare_python(
+        f"""
+        import sys, warnings
+        sys.path[:0] = [{str(fake)!r}]
+        sys.path.append({purelib!r})  # peft and its dependencies, without the installed hook or slowed_peft
+        import _slowed_peft_hook
+        _slowed_peft_hook.install()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import peft
+            _slowed_peft_hook.install()  # again (peft imported, slowed_peft not): no second warning
+        mine = [str(w.message) for w in caught if "slowed-peft" in str(w.message)]
+        print(len(mine), mine[0] if mine else "", "peft" in sys.modules)
+        """,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    count, _, rest = res.stdout.strip().partition(" ")
+    assert count == "1" and rest.endswith("True")
+    assert raised.split("(")[0] in rest
