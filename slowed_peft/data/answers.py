@@ -19,6 +19,8 @@ Two normalisations, for two jobs:
 from __future__ import annotations
 
 import ast
+import math
+import numbers
 import operator
 import re
 from collections.abc import Callable
@@ -64,11 +66,21 @@ _EDGE_JUNK = " \t\n\"'`*_"
 def canonical_answer(answer: Any) -> str:
     """The gold answer as written into data: one stripped line, case kept, no trailing period.
 
-    ``ValueError`` naming the value when nothing is left (an empty answer cannot be learned or scored), and for
-    ``None`` (a JSON ``null`` or an empty CSV cell), which would otherwise be trained as the text "None".
+    ``ValueError`` naming the value when nothing is left (an empty answer cannot be learned or scored), for
+    ``None`` (a JSON ``null`` or an empty CSV cell), which would otherwise be trained as the text "None", for anything
+    but a string or a finite number (a list, dict or bool would be trained as its Python repr) and for a NUL byte.
     """
     if answer is None:
         raise ValueError("Missing answer (null or empty cell); every row needs a gold answer.")
+    if isinstance(answer, bool) or not isinstance(answer, (str, numbers.Real)):
+        raise ValueError(
+            f"An answer must be a string or a number, not a {type(answer).__name__} ({answer!r:.80}): it would be "
+            "trained as its Python text."
+        )
+    if isinstance(answer, numbers.Real) and not isinstance(answer, numbers.Integral) and not math.isfinite(answer):
+        raise ValueError(f"An answer must be a finite number, not {answer!r}.")
+    if isinstance(answer, str) and "\x00" in answer:
+        raise ValueError(f"The answer holds a NUL byte ({answer!r:.80}); data files must be plain text.")
     text = " ".join(str(answer).split())
     if text.endswith("."):
         text = text[:-1].rstrip()

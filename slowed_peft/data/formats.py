@@ -13,6 +13,7 @@ The completion always ends with the line ``So the answer is <answer>.`` (see :mo
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Optional
@@ -32,21 +33,56 @@ def clip_limit(n: int, limit: Optional[int]) -> int:
     return n if limit is None else min(n, limit)
 
 
+def text_field(value: Any, column: str, required: bool = False) -> str:
+    """``value`` of ``column`` as text: a string (or a number, written as text); ``None`` is ``""`` unless ``required``.
+
+    ``ValueError`` naming the column for anything else (a list, dict or bool would be trained as its Python repr), for
+    a NUL byte, and for an empty or blank value when ``required``."""
+    if value is None and not required:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, numbers.Real)):
+        raise ValueError(
+            f"column {column!r} must hold text, not a {type(value).__name__} ({value!r:.80}): it would be trained as "
+            "its Python text."
+        )
+    text = value if isinstance(value, str) else str(value)
+    if "\x00" in text:
+        raise ValueError(f"column {column!r} holds a NUL byte ({text!r:.80}); data files must be plain text.")
+    if required and not text.strip():
+        raise ValueError(f"column {column!r} is empty ({value!r}); every row needs one.")
+    return text
+
+
+def answer_field(value: Any, column: str) -> str:
+    """:func:`canonical_answer` of ``value``, its ``ValueError`` naming ``column``."""
+    try:
+        return canonical_answer(value)
+    except ValueError as err:
+        raise ValueError(f"{str(err).rstrip('.')} (column {column!r}).") from None
+
+
 def completion_text(rationale: str, answer: Any) -> str:
     """``rationale`` (a trailing answer sentence of its own removed) followed by the fixed answer line."""
     body = strip_answer_line(str(rationale or ""))
     return f"{body}\n{answer_line(answer)}" if body else answer_line(answer)
 
 
-def to_prompt_completion(question: str, rationale: str, answer: Any, conversational: bool = False) -> dict[str, Any]:
+def to_prompt_completion(
+    question: str,
+    rationale: str,
+    answer: Any,
+    conversational: bool = False,
+    columns: Sequence[str] = ("question", "rationale", "answer"),
+) -> dict[str, Any]:
     """One prompt-completion row from a question, a teacher rationale and the gold answer (see module docstring).
 
-    A trailing answer sentence already present in ``rationale`` is replaced by the fixed answer line.
+    A trailing answer sentence already present in ``rationale`` is replaced by the fixed answer line. ``ValueError``
+    naming the column (``columns``: the names of the three fields in the source) for an empty question, a NUL byte,
+    or a value that is not text (an answer may also be a number).
     """
-    question = str(question).strip()
-    if not question:
-        raise ValueError("Empty question.")
-    gold = canonical_answer(answer)
+    question = text_field(question, columns[0], required=True).strip()
+    rationale = text_field(rationale, columns[1])
+    gold = answer_field(answer, columns[2])
     target = completion_text(rationale, gold)
     if conversational:
         return {
@@ -103,18 +139,26 @@ def map_rows(ds: Dataset, convert: Callable[[dict[str, Any]], dict[str, Any]]) -
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise ValueError(f"row {idx + 1}: {err}") from err
 
-    return ds.map(convert_row, with_indices=True, remove_columns=ds.column_names)
+    features = None
+    if any(type(f).__name__ == "Json" for f in ds.features.values()):
+        # A column of mixed JSON types is a ``Json`` column, and ``map`` would keep that type for an output column of
+        # the same name: the answer "2" would come back as the number 2. The output schema is the first row's.
+        features = Dataset.from_list([convert_row(ds[0], 0)]).features
+    return ds.map(convert_row, with_indices=True, remove_columns=ds.column_names, features=features)
 
 
-def _message_text(value: Any, role: str) -> str:
-    """Plain text from a string or a list of chat messages (the content of the last message with ``role``)."""
-    if isinstance(value, str):
-        return value
+def _message_text(value: Any, role: str, column: str, required: bool = True) -> str:
+    """Plain text from a string or a list of chat messages (the content of the last message with ``role``);
+    ``ValueError`` naming ``column`` when there is none, it is not text, it holds a NUL byte or (``required``) it is
+    empty."""
     if isinstance(value, list):
         contents = [m.get("content", "") for m in value if isinstance(m, dict) and m.get("role") == role]
-        if contents:
-            return str(contents[-1])
-    raise ValueError(f"Cannot read a {role} text from {value!r}.")
+        if not contents:
+            raise ValueError(f"column {column!r}: cannot read a {role} text from {value!r:.200}.")
+        value = contents[-1]
+    elif not isinstance(value, str):
+        raise ValueError(f"column {column!r}: cannot read a {role} text from {value!r:.200}.")
+    return text_field(value, column, required=required)
 
 
 def from_columns(
@@ -135,10 +179,11 @@ def from_columns(
     check_columns(ds, [prompt_column, completion_column] + ([answer_column] if answer_column else []))
 
     def convert(example: dict[str, Any]) -> dict[str, Any]:
-        prompt = _message_text(example[prompt_column], "user")
-        completion = _message_text(example[completion_column], "assistant")
+        prompt = _message_text(example[prompt_column], "user", prompt_column)
+        completion = _message_text(example[completion_column], "assistant", completion_column, required=False)
         if answer_column:
             gold = example[answer_column]
+            answer_field(gold, answer_column)  # refused here, naming the column
         else:
             gold = extract_answer(completion)
             if gold is None:
@@ -170,5 +215,11 @@ def from_question_rationale_answer(
     check_columns(ds, [question_column, rationale_column, answer_column])
     return map_rows(
         ds,
-        lambda ex: to_prompt_completion(ex[question_column], ex[rationale_column], ex[answer_column], conversational),
+        lambda ex: to_prompt_completion(
+            ex[question_column],
+            ex[rationale_column],
+            ex[answer_column],
+            conversational,
+            columns=(question_column, rationale_column, answer_column),
+        ),
     )

@@ -115,3 +115,17 @@ class SLowEDModel(BaseTuner):
         check_keys(own, remapped, adapter_name, source)
         rebase_w0_norms(model, remapped, adapter_name, source)
         return remapped
+
+    def add_weighted_adapter(self, adapters, weights, adapter_name, *args, **kwargs):
+        """Not supported for SLowED adapters: raises ``ValueError`` saying why and what to do instead.
+
+        Each SLowED adapter bounds its own delta, ``‖ΔW_a‖ ≤ ρ_a‖W0‖``; a weighted sum of deltas is none of them and
+        would drift up to ``Σ|w_a|·ρ_a``, and PEFT's LoRA recipe (concatenating or SVD-ing low-rank factors) has no
+        trust region to keep. (Without this method PEFT would fail with a misleading ``AttributeError``.)"""
+        raise ValueError(
+            f"add_weighted_adapter({list(adapters) if adapters is not None else adapters!r}, ..., {adapter_name!r}) is "
+            "not supported for SLowED adapters: each adapter's trust region bounds its own delta (‖ΔW‖ ≤ ρ‖W0‖), "
+            "a weighted sum of deltas is no SLowED adapter and could drift up to Σ|w|·ρ. Alternatives: activate "
+            "several adapters together (base_model.set_adapter([...]); their drifts add up, to at most Σρ), merge "
+            "them one after another (merge_and_unload), or train one adapter on the combined data."
+        )
