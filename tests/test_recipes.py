@@ -50,7 +50,7 @@ def tiny_recipe(tmp_path, tiny_dir) -> str:
 
 
 def test_configs_ship_with_the_package_and_resolve_by_name(tmp_path, monkeypatch):
-    assert shipped_configs() == sorted([*SFT_CONFIGS, "replicate", "frontier"])
+    assert shipped_configs() == sorted([*SFT_CONFIGS, "replicate", "frontier", "frontier_anchor"])
     folder = Path(slowed_peft.__file__).parent / "configs"
     assert sorted(p.stem for p in folder.glob("*.yaml")) == shipped_configs()
     assert not (ROOT / "recipes" / "configs").exists()  # one copy of each config

@@ -88,7 +88,7 @@ def with_replay(train_dataset: Any, fraction: float, seed: int = 0) -> Any:
     return Dataset.from_list(rows)
 
 
-def corda_preprocess(model: Any, tokenizer: Any, lora_config: Any, prompts: list[str], batch_size: int = 16) -> None:
+def corda_preprocess(model: Any, tokenizer: Any, lora_config: Any, prompts: list[str]) -> None:
     """PEFT's ``preprocess_corda`` (knowledge-preserved mode) with the anchor prompts as its covariance data."""
     from peft.tuners.lora.corda import preprocess_corda
 
@@ -99,11 +99,18 @@ def corda_preprocess(model: Any, tokenizer: Any, lora_config: Any, prompts: list
     device = next(model.parameters()).device
 
     @torch.no_grad()
-    def run_model() -> None:
-        for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+    def run_model() -> None:  # one prompt per forward: CorDA's hook reads a [tokens, dim] input (batch 1)
+        for text in texts:
+            enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
             model(**{k: v.to(device) for k, v in enc.items()})
 
+    if lora_config.target_modules == "all-linear":  # preprocess_corda matches names; it does not expand this
+        output = model.get_output_embeddings()
+        lora_config.target_modules = {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module is not output
+        }
     was_training = model.training
     model.eval()
     preprocess_corda(model, lora_config, run_model=run_model)

@@ -270,6 +270,7 @@ def write_report(args, out: Path, initial: dict, alignment: dict) -> dict:
             f"{f(row['drift_final'])} | {f(row['masked_fraction'])} |"
         )
     lines += ["", "Verdicts:", ""] + [f"- {v}" for v in verdicts(summary)]
+
     (out / "results.md").write_text("\n".join(lines) + "\n")
     clean = {k: v for k, v in summary.items() if k != "methods"} | {
         "methods": {m: {k: v for k, v in row.items() if k != "_samples"} for m, row in summary["methods"].items()}

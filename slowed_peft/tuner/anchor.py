@@ -2,8 +2,8 @@
 
 One pass of the *initial* model (adapters disabled) over the anchor prompts, the way PEFT fits its data-driven
 adapters (``peft/tuners/lora/corda.py::preprocess_corda``, ``eva.py::initialize_lora_eva_weights``): a forward
-pre-hook on every SLowED layer accumulates the uncentred second moment ``C = Σ x xᵀ`` of its inputs (float64, streamed
-per batch: no ``[tokens × dim]`` kept), layers that read the same tensor (q/k/v,
+pre-hook on every SLowED layer accumulates the uncentred second moment ``C = Σ x xᵀ`` of its inputs (summed in
+float64, streamed per batch: no ``[tokens × dim]`` kept), layers that read the same tensor (q/k/v,
 gate/up) share one sum, and the forward stops after the last wrapped layer (no LM head). Then each layer's basis ``Q``
 is the top eigenvectors of ``C`` (``anchor_rank`` and/or ``anchor_energy``) and is installed as the frozen buffer
 ``slowed_anchor``. Since the anchor prompts' activations are unchanged by induction over the layers, a full-span anchor
@@ -57,8 +57,9 @@ class _SecondMoments:
     A layer's input is reduced to its second moment in the layer's own pre-hook (the model may change that tensor in
     place later in the forward); the next layers that get the very same tensor object join its group."""
 
-    def __init__(self, layers: dict[str, nn.Module]) -> None:
+    def __init__(self, layers: dict[str, nn.Module], exact: bool = True) -> None:
         self.layers = layers
+        self.dtype = torch.float64 if exact else torch.float32
         self.sums: dict[frozenset, torch.Tensor] = {}
         self.mask: Optional[torch.Tensor] = None
         self._last: Optional[torch.Tensor] = None
@@ -97,15 +98,16 @@ class _SecondMoments:
 
     def _second_moment(self, x: torch.Tensor, name: str) -> torch.Tensor:
         rows = self._token_rows(x)
-        if not bool(torch.isfinite(rows).all()):
+        gram = (rows.T @ rows).double()  # summed in float64 across batches
+        if not bool(torch.isfinite(torch.diagonal(gram)).all()):  # any NaN / inf input shows on the diagonal
             raise ValueError(
                 f"fit_anchor: the input of layer {_short(name)!r} is not finite (NaN or inf activations) on the "
                 "anchor prompts; check the base model's weights and dtype."
             )
-        return rows.T @ rows  # float64 throughout: float32 products lose directions below ~1e-7 of the top one
+        return gram
 
     def _token_rows(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().double()
+        x = x.detach().to(self.dtype)
         mask = self.mask
         if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
             return x[mask.to(x.device)]
@@ -165,6 +167,25 @@ def _with_responses(model: nn.Module, tokenizer: Any, ids: list[list[int]], max_
                 response = response[: response.index(eos)]
             out.append(prompt + response)
     return out
+
+
+def _top_eigenpairs(second: torch.Tensor, rank: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors (columns) of a second moment: all of them (``torch.linalg.eigh``), or,
+    for a rank well below the width, the top ``rank`` by randomized subspace iteration (Halko et al. 2011: 16 extra
+    columns, 2 power steps, then Rayleigh–Ritz) — matrix products instead of a full eigendecomposition, about 10×
+    faster at width 1536, and exact where the inputs span fewer than ``rank + 16`` directions."""
+    d = second.shape[0]
+    if rank is None or 4 * (rank + OVERSAMPLE) > d:
+        return torch.linalg.eigh(second)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    basis = torch.randn(d, rank + OVERSAMPLE, generator=generator, dtype=second.dtype).to(second.device)
+    for _ in range(POWER_STEPS):
+        basis, _ = torch.linalg.qr(second @ basis)
+    values, vectors = torch.linalg.eigh(basis.T @ second @ basis)
+    return values[OVERSAMPLE:], (basis @ vectors)[:, OVERSAMPLE:]
+
+
+OVERSAMPLE, POWER_STEPS = 16, 2
 
 
 def _choose_rank(eigenvalues: torch.Tensor, rank: Optional[int], energy: Optional[float]) -> int:
@@ -234,7 +255,9 @@ def fit_anchor(
     ids = _format(tokenizer, list(prompts), chat_template)
     was_training = peft_model.training
     peft_model.eval()
-    moments = _SecondMoments(layers)
+    # Products in float64 when an energy share decides the rank (the whole spectrum matters: float32 products lose
+    # directions below ~1e-7 of the top one); float32 for a plain top-`anchor_rank` basis (2x faster, same top).
+    moments = _SecondMoments(layers, exact=config.anchor_energy is not None)
     handles = []
     tokens = 0
     try:
@@ -270,14 +293,14 @@ def fit_anchor(
             raise ValueError(f"fit_anchor: layer {_short(name)!r} was not reached by the forward pass.")
         if groups not in bases:
             second = sum(moments.sums[g] for g in groups)
-            values, vectors = torch.linalg.eigh(second)
+            values, vectors = _top_eigenpairs(second, rank if config.anchor_energy is None else None)
             k = _choose_rank(values, rank, config.anchor_energy)
             if k == 0:
                 raise ValueError(
                     f"fit_anchor: the inputs of layer {_short(name)!r} carry no energy on the anchor prompts "
                     "(all zero); nothing to anchor there."
                 )
-            total = float(values.clamp_min(0).sum())
+            total = float(torch.diagonal(second).sum())  # trace: the whole energy, also when only the top is known
             kept = float(values.flip(0)[:k].clamp_min(0).sum())
             bases[groups] = (vectors[:, -k:].flip(1).float().contiguous(), kept / total if total > 0 else 1.0)
         q, share = bases[groups]
