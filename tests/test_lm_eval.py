@@ -49,12 +49,116 @@ def test_local_datasets_have_the_hub_layout():
         import utils  # the module lm-eval loads for `!function utils.*`
     finally:
         sys.path.remove(TASKS_DIR)
-    arc = utils.load_arc_challenge()
+    arc = utils.arc_challenge_splits()
     assert set(arc) == {"train", "validation", "test"}
     row = arc["test"][0]
     assert row["answerKey"] in row["choices"]["label"] and isinstance(row["question"], str)
-    gsm = utils.load_gsm8k()
+    gsm = utils.gsm8k_splits()
     assert "####" in gsm["test"][0]["answer"] and len(gsm["test"]) > 100
+
+
+def _arc_line(key: str = "A") -> str:
+    choices = [{"label": "A", "text": "yes"}, {"label": "B", "text": "no"}]
+    return json.dumps({"id": "q1", "question": {"stem": "Is it?", "choices": choices}, "answerKey": key})
+
+
+def _write(root: Path, rel: str, data) -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def _gsm8k_folder(root: Path, train) -> Path:
+    _write(root, "gsm8k/test.jsonl", json.dumps({"question": "1+1?", "answer": "1+1=2\n#### 2"}) + "\n")
+    return _write(root, "gsm8k/train.jsonl", train)
+
+
+def _arc_folder(root: Path, train) -> Path:
+    for name in ("Dev", "Test"):
+        _write(root, f"arc/ARC-Challenge-{name}.jsonl", _arc_line() + "\n")
+    return _write(root, "arc/ARC-Challenge-Train.jsonl", train)
+
+
+def _bbh_folder(root: Path, examples: str, prompt) -> tuple[Path, Path]:
+    good = "canary\n-----\nTask.\n\nQ: x?\nA: Let's think step by step.\nSo the answer is (A)."
+    return (
+        _write(root, "bbh/bbh/task.json", examples),
+        _write(root, "bbh/cot-prompts/task.txt", good if prompt is None else prompt),
+    )
+
+
+GOOD_GSM8K_LINE = json.dumps({"question": "2+2?", "answer": "2+2=4\n#### 4"})
+GOOD_BBH = json.dumps({"examples": [{"input": "x", "target": "(A)"}]})
+
+
+@pytest.mark.parametrize(
+    ("builder", "corrupt", "where"),
+    [
+        # a truncated JSON line (a broken download) in the 2nd line of GSM8K's train file
+        ("gsm8k", lambda r: _gsm8k_folder(r, GOOD_GSM8K_LINE + '\n{"question": "3+3?", "ans'), ":2:"),
+        ("gsm8k", lambda r: _gsm8k_folder(r, ""), ": the file is empty"),
+        ("gsm8k", lambda r: _gsm8k_folder(r, json.dumps({"question": "q"}) + "\n"), ": missing field(s) ['answer']"),
+        ("gsm8k", lambda r: _gsm8k_folder(r, GOOD_GSM8K_LINE.encode() + b'\n{"q": "caf\xe9"}'), ":2:11: not UTF-8"),
+        ("gsm8k", lambda r: _gsm8k_folder(r, GOOD_GSM8K_LINE + '\n{"question": "q"}\n'), ":2: field 'answer'"),
+        ("arc", lambda r: _arc_folder(r, _arc_line() + "\n[1, 2]\n"), ":2:1: expected a JSON object per line"),
+        ("arc", lambda r: _arc_folder(r, _arc_line() + "\n" + _arc_line("E") + "\n"), ":2: answerKey 'E'"),
+        ("arc", lambda r: _arc_folder(r, '{"id": "q1"}\n'), ":1: missing field 'question'"),
+        ("bbh", lambda r: _bbh_folder(r, '{"examples": [\n{"input": "x", "target": }]}', None)[0], ":2:26: not valid"),
+        ("bbh", lambda r: _bbh_folder(r, '{"examples": [{"input": "x"}]}', None)[0], ": examples[0]: missing field"),
+        ("bbh", lambda r: _bbh_folder(r, GOOD_BBH, b"canary\n-----\nTask.\n\nQ: caf\xe9?")[1], ":5:7: not UTF-8"),
+        ("bbh", lambda r: _bbh_folder(r, GOOD_BBH, "canary\n-----\nTask.\n\nQ: x?\nA: (A)")[1], ": Malformed BBH"),
+        ("bbh", lambda r: _bbh_folder(r, GOOD_BBH, "canary\n-----\nTask only.")[1], ": no 'Q: ...' exemplars"),
+    ],
+)
+def test_a_corrupt_data_file_is_named_by_the_lm_eval_loaders(tmp_path, monkeypatch, builder, corrupt, where):
+    """Issue 25, point 4: the lm-eval builders read through ``slowed_peft.data.readers``, so a bad file gets the
+    readers' error naming the file (and line and column), as lm-eval calls them (``$SLOWED_DATA_DIR``, no
+    arguments but the YAML's ``dataset_kwargs``)."""
+    bad = corrupt(tmp_path)
+    monkeypatch.setenv("SLOWED_DATA_DIR", str(tmp_path))
+    utils = utils_module()
+    call = {
+        "gsm8k": utils.gsm8k_splits,
+        "arc": utils.arc_challenge_splits,
+        "bbh": lambda: utils.bbh_splits(bbh_task="task"),
+    }[builder]
+    with pytest.raises(ValueError) as err:
+        call()
+    assert str(err.value).startswith(f"{bad}{where}"), str(err.value)
+
+
+def test_the_lm_eval_loaders_read_a_good_folder_and_name_a_missing_file(tmp_path):
+    _gsm8k_folder(tmp_path, GOOD_GSM8K_LINE + "\n")
+    _arc_folder(tmp_path, _arc_line("B") + "\n")
+    _bbh_folder(tmp_path, GOOD_BBH, None)
+    utils = utils_module()
+    gsm = utils.gsm8k_splits(data_dir=tmp_path)
+    assert gsm["train"][0] == {"question": "2+2?", "answer": "2+2=4\n#### 4"} and len(gsm["test"]) == 1
+    arc = utils.arc_challenge_splits(data_dir=tmp_path)
+    assert arc["train"][0] == {
+        "id": "q1",
+        "question": "Is it?",
+        "choices": {"text": ["yes", "no"], "label": ["A", "B"]},
+        "answerKey": "B",
+    }
+    bbh = utils.bbh_splits("task", data_dir=tmp_path)
+    assert bbh["test"][0] == {"input": "x", "target": "(A)", "description": "Task.\n\n"}
+    assert bbh["fewshot"][0] == {"input": "x?", "target": "So the answer is (A).", "description": "Task.\n\n"}
+    (tmp_path / "arc" / "ARC-Challenge-Dev.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="ARC-Challenge-Dev.jsonl"):
+        utils.arc_challenge_splits(data_dir=tmp_path)
+
+
+def test_the_lm_eval_loaders_are_not_the_data_packages_loaders():
+    """One home per loader: the lm-eval builders do not reuse (shadow) a public name of ``slowed_peft.data``."""
+    import slowed_peft.data
+
+    assert not set(utils_module().__all__) & set(slowed_peft.data.__all__)
+    for path in [*Path(TASKS_DIR).glob("*.yaml"), Path(TASKS_DIR) / "_slowed_bbh_cot_fewshot_template_yaml"]:
+        builder = read_yaml(path).get("custom_dataset")
+        if builder is not None:
+            assert builder.removeprefix("!function utils.") in utils_module().__all__, path
 
 
 @needs_data

@@ -33,15 +33,24 @@ def bbh_few_shot(text: str) -> str:
     return text.strip()
 
 
+def bbh_prompt_file(task: str, data_dir: Optional[PathLike] = None) -> Path:
+    """The 3-shot CoT prompt file of BBH ``task`` in the data folder (``FileNotFoundError`` naming it if absent)."""
+    return find_data_file(data_root(data_dir), *(f.format(task=task) for f in BBH_PROMPT_FILES))
+
+
+def bbh_examples_file(task: str, data_dir: Optional[PathLike] = None) -> Path:
+    """The examples file of BBH ``task`` in the data folder (``FileNotFoundError`` naming it if absent)."""
+    return find_data_file(data_root(data_dir), *(f.format(task=task) for f in BBH_EXAMPLE_FILES))
+
+
 def read_bbh_prompt(task: str, data_dir: Optional[PathLike] = None) -> str:
     """The 3-shot CoT prompt of BBH ``task`` without its canary header (see :func:`bbh_few_shot`)."""
-    file = find_data_file(data_root(data_dir), *(f.format(task=task) for f in BBH_PROMPT_FILES))
-    return bbh_few_shot(read_text(file))
+    return bbh_few_shot(read_text(bbh_prompt_file(task, data_dir)))
 
 
 def read_bbh_examples(task: str, data_dir: Optional[PathLike] = None, limit: Optional[int] = None) -> list[dict]:
     """The first ``limit`` examples ``{"input", "target"}`` of BBH ``task``."""
-    file = find_data_file(data_root(data_dir), *(f.format(task=task) for f in BBH_EXAMPLE_FILES))
+    file = bbh_examples_file(task, data_dir)
     data = read_json_file(file)
     examples = data.get("examples") if isinstance(data, dict) else None
     if not isinstance(examples, list):

@@ -1,8 +1,9 @@
 """lm-evaluation-harness task definitions over the local GSM8K, ARC-Challenge and BBH files (``$SLOWED_DATA_DIR``).
 
-The Hub is not needed: each YAML builds its dataset with ``custom_dataset: !function utils.load_*`` from the files
+The Hub is not needed: each YAML builds its dataset with ``custom_dataset: !function utils.*_splits`` from the files
 under ``$SLOWED_DATA_DIR`` (``gsm8k/{train,test}.jsonl``, ``arc/ARC-Challenge-{Train,Dev,Test}.jsonl``,
-``bbh/bbh/<task>.json`` and ``bbh/cot-prompts/<task>.txt``). Point lm-eval at this folder with ``--include_path``;
+``bbh/bbh/<task>.json`` and ``bbh/cot-prompts/<task>.txt``), read by :mod:`slowed_peft.data.readers` as every other
+loader reads them (a bad file is named, with its line and column). Point lm-eval at this folder with ``--include_path``;
 ``python -m slowed_peft.lm_eval_tasks`` prints it::
 
     lm_eval --model hf --model_args pretrained=BASE,peft=ADAPTER --include_path "$(python -m slowed_peft.lm_eval_tasks)" \
