@@ -36,6 +36,7 @@ DEMO_ARMS: dict[str, tuple[str, bool, str]] = {
     "sft_low_lr": ("sft", True, "SFT lr×γ"),
     "slow": ("slow", False, "slow only"),
     "lem": ("lem", False, "LEM only"),
+    "anchored": ("anchored", False, "SLowED + anchor"),  # SFT's own learning rate, γ = 1, the safety anchor
 }
 SAVED_ARM = "slowed"  # the arm whose adapter goes to <output_dir>/adapter
 
