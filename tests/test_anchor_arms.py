@@ -11,7 +11,6 @@ import math
 import os
 from collections import Counter
 
-import pyarrow as pa
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,13 +143,6 @@ def test_an_unreadable_run_file_is_named_removed_and_redone(tmp_path, capsys, co
     assert str(path) in capsys.readouterr().out and not path.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(TypeError, AttributeError),
-    reason="BUG frontier.reusable: a run file whose study_args is valid JSON but not an object (null, a list, a "
-    "string) raises TypeError / AttributeError from set(recorded) / recorded.get instead of being named, removed "
-    "and redone like other unreadable files",
-)
 @pytest.mark.parametrize("recorded", ["null", "[1]", '"x"'])
 def test_a_run_file_whose_study_args_is_not_an_object_is_redone(tmp_path, recorded):
     path = tmp_path / "run.json"
@@ -181,18 +173,9 @@ def test_the_anchor_frontier_config_plans_ten_methods_then_three_seeded_twice():
     assert plan[10:] == [(m, s) for s in (1, 2) for m in ("sft lr=1e-4", "anchored", "replay")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG FrontierArguments: a seeded method that is not among `methods` is accepted and planned only with "
-    "the other seeds, never seeds[0] (its first seed is silently missing); it should be refused or planned first",
-)
 def test_a_seeded_method_outside_methods_is_refused_or_planned_with_its_first_seed():
-    try:
-        args = FrontierArguments(methods=["sft lr=1e-4", "slowed"], seeded_methods=["anchored"], seeds=[0, 1])
-    except ValueError:
-        return
-    assert ("anchored", 0) in args.plan()
+    with pytest.raises(ValueError, match="not among the methods run"):
+        FrontierArguments(methods=["sft lr=1e-4", "slowed"], seeded_methods=["anchored"], seeds=[0, 1])
 
 
 # ------------------------------------------------------------------------------------- anchoring: replay and prompts
@@ -220,13 +203,6 @@ def test_replay_adds_ceil_fraction_refusal_rows_of_the_same_columns(n, fraction)
 
 
 @needs_advbench
-@pytest.mark.xfail(
-    strict=True,
-    raises=pa.ArrowInvalid,
-    reason="BUG anchoring.with_replay: refusal rows are always chat messages, so prompt-completion rows with plain "
-    "string prompts (slowed-sft --conversational false --arm replay) fail in Dataset.from_list (ArrowInvalid: "
-    "cannot mix list and non-list values)",
-)
 def test_replay_mixes_into_plain_text_rows():
     rows = Dataset.from_list([{"prompt": f"What is {i} + {i}?", "completion": f" {2 * i}."} for i in range(4)])
     assert len(with_replay(rows, 0.5, seed=0)) == 6
@@ -245,8 +221,8 @@ def _trained_prompts(seed: int) -> dict[str, set[str]]:
     benign = SLowEDArguments(arm="anchored", anchor_source="benign")
     return {
         "replay": {r["prompt"][0]["content"] for r in replay_rows(40, 1.0, seed)},
-        "harmful anchor": set(anchor_prompts(harmful, seed=seed)),
-        "benign anchor": set(anchor_prompts(benign, seed=seed)),
+        "harmful anchor": set(anchor_prompts(harmful)),
+        "benign anchor": set(anchor_prompts(benign)),
     }
 
 
@@ -262,14 +238,6 @@ def test_anchor_and_replay_prompts_are_not_the_evaluated_ones_at_the_alignment_s
 
 
 @needs_advbench
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG anchoring (replay_rows, anchor_prompts): the AdvBench / benign train-test split is drawn with the "
-    "*training* seed, but the frontier evaluates the held-out part of the split drawn with align_seed (0); for the "
-    "seeded methods' seeds 1 and 2 the replay refusals and the benign / harmful anchor prompts include evaluated "
-    "prompts (e.g. frontier_anchor's replay, seed 2: both refusal rows are evaluated AdvBench prompts)",
-)
 @pytest.mark.parametrize("seed", [1, 2])
 def test_anchor_and_replay_prompts_are_not_the_evaluated_ones_at_other_training_seeds(seed):
     assert _overlap(seed) == {"replay": 0, "harmful anchor": 0, "benign anchor": 0}
@@ -283,10 +251,10 @@ def test_anchor_prompts_by_source():
     def args(source: str, limit: int = 5) -> SLowEDArguments:
         return SLowEDArguments(arm="anchored", anchor_source=source, anchor_limit=limit)
 
-    benign = anchor_prompts(args("benign"), seed=0)
+    benign = anchor_prompts(args("benign"))
     train_part, held_out = benign_instructions(seed=0)
     assert benign == train_part[:5] and not set(benign) & set(held_out)
-    harmful = anchor_prompts(args("harmful"), seed=0)
+    harmful = anchor_prompts(args("harmful"))
     assert harmful == load_advbench(None, split="train", seed=0, train_fraction=0.6)[:5]
     assert not set(harmful) & set(load_advbench(None, split="test", seed=0, train_fraction=0.6))
     assert anchor_prompts(args("random"), _rows()) is None

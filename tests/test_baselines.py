@@ -13,7 +13,7 @@ from trl import ModelConfig
 from slowed_peft import SLowEDSFTConfig
 from slowed_peft.masking import ParameterEMACallback
 from slowed_peft.scripts.arguments import SLowEDArguments, apply_arm_to_training_args, peft_config_for_arm
-from slowed_peft.scripts.frontier import CORE, EXTRA, METHODS, PRIMARY, FrontierArguments, run_file
+from slowed_peft.scripts.frontier import ANCHOR_METHODS, CORE, EXTRA, METHODS, PRIMARY, FrontierArguments, run_file
 from slowed_peft.scripts.frontier_report import difference, matched, summarise
 from slowed_peft.scripts.training import train_arm
 
@@ -195,7 +195,8 @@ def test_plan_runs_the_comparisons_that_matter_first():
     assert len({run_file(__import__("pathlib").Path("x"), m, s) for m, s in plan}) == len(plan)
     with pytest.raises(ValueError, match="Unknown method"):
         FrontierArguments(methods=["sft lr=1e-3"])
-    assert set(CORE) | set(EXTRA) == set(METHODS)
+    assert set(CORE) | set(EXTRA) | set(ANCHOR_METHODS) == set(METHODS)
+    assert not set(ANCHOR_METHODS) & {m for m, _ in plan}  # the anchor study's methods run only when named
 
 
 def _point(step, nll, flags, kl):

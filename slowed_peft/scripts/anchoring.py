@@ -13,23 +13,24 @@ import torch
 from .arguments import ARMS, SLowEDArguments
 
 
-def anchor_prompts(args: SLowEDArguments, train_dataset: Any = None, seed: int = 0) -> Optional[list[str]]:
+def anchor_prompts(args: SLowEDArguments, train_dataset: Any = None) -> Optional[list[str]]:
     """The anchor prompts of ``args.anchor_source`` (at most ``anchor_limit``); None for the ``random`` control.
 
     ``benign``: the alignment set's generic requests (train part: the evaluated benign requests are the other part);
     ``harmful``: AdvBench's train part (the evaluated prompts are its test part); ``train``: the user turns of the
-    distillation data itself, so no extra data is needed."""
-    source, limit = args.anchor_source, args.anchor_limit
+    distillation data itself, so no extra data is needed. The train / held-out splits are drawn with
+    ``anchor_split_seed`` (the alignment's), never with the training seed, so no evaluated prompt is an anchor."""
+    source, limit, split_seed = args.anchor_source, args.anchor_limit, args.anchor_split_seed
     if source == "random":
         return None
     if source == "benign":
         from ..data.alignment import benign_instructions
 
-        return benign_instructions(seed=seed)[0][:limit]
+        return benign_instructions(seed=split_seed)[0][:limit]
     if source == "harmful":
         from ..eval import load_advbench
 
-        return load_advbench(None, split="train", seed=seed, train_fraction=0.6)[:limit]
+        return load_advbench(None, split="train", seed=split_seed, train_fraction=0.6)[:limit]
     if train_dataset is None:
         raise ValueError("anchor_source='train' needs the training data set.")
     prompts = []
@@ -61,29 +62,35 @@ def install_random_anchor(peft_model: Any, rank: int, seed: int = 0) -> dict[str
     return ranks
 
 
-def replay_rows(n_train: int, fraction: float, seed: int = 0) -> list[dict]:
-    """``ceil(fraction · n_train)`` refusal rows (AdvBench train-part prompts, the alignment's refusals)."""
+def replay_rows(n_train: int, fraction: float, seed: int = 0, split_seed: int = 0, chat: bool = True) -> list[dict]:
+    """``ceil(fraction · n_train)`` refusal rows: prompts drawn (with ``seed``) from AdvBench's train part of the split
+    drawn with ``split_seed`` (the alignment's: the evaluated prompts are the other part), the alignment's refusals;
+    chat messages (``chat``) or plain text."""
     from ..data.alignment import refusal_response
     from ..eval import load_advbench
 
     count = max(1, math.ceil(fraction * n_train))
-    harmful = load_advbench(None, split="train", seed=seed, train_fraction=0.6)
+    harmful = load_advbench(None, split="train", seed=split_seed, train_fraction=0.6)
     chosen = random.Random(seed).sample(range(len(harmful)), count)
+    if not chat:
+        return [{"prompt": harmful[i], "completion": refusal_response(i, split_seed)} for i in chosen]
     return [
         {
             "prompt": [{"role": "user", "content": harmful[i]}],
-            "completion": [{"role": "assistant", "content": refusal_response(i, seed)}],
+            "completion": [{"role": "assistant", "content": refusal_response(i, split_seed)}],
         }
         for i in chosen
     ]
 
 
-def with_replay(train_dataset: Any, fraction: float, seed: int = 0) -> Any:
-    """The distillation rows plus the refusal replay rows, shuffled together (same columns)."""
+def with_replay(train_dataset: Any, fraction: float, seed: int = 0, split_seed: int = 0) -> Any:
+    """The distillation rows (``prompt`` / ``completion`` only; other columns are dropped) plus the refusal replay
+    rows in the same format, shuffled together."""
     from datasets import Dataset
 
     rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in train_dataset]
-    rows += replay_rows(len(rows), fraction, seed)
+    chat = not rows or isinstance(rows[0]["prompt"], list)
+    rows += replay_rows(len(rows), fraction, seed, split_seed, chat)
     random.Random(seed).shuffle(rows)
     return Dataset.from_list(rows)
 
@@ -119,13 +126,15 @@ def corda_preprocess(model: Any, tokenizer: Any, lora_config: Any, prompts: list
 
 def prepare_data(arm: SLowEDArguments, train_dataset: Any, seed: int) -> Any:
     """The training data an arm sees: the replay arm's refusal rows mixed in; others unchanged."""
-    return with_replay(train_dataset, arm.replay_fraction, seed) if ARMS[arm.arm].replay else train_dataset
+    if not ARMS[arm.arm].replay:
+        return train_dataset
+    return with_replay(train_dataset, arm.replay_fraction, seed, arm.anchor_split_seed)
 
 
 def prepare_model(arm: SLowEDArguments, model: Any, tokenizer: Any, peft_config: Any, train_dataset: Any, seed: int):
     """Before the trainer wraps the model: CorDA's covariance pass (corda arm)."""
     if ARMS[arm.arm].corda:
-        corda_preprocess(model, tokenizer, peft_config, anchor_prompts(arm, train_dataset, seed) or [])
+        corda_preprocess(model, tokenizer, peft_config, anchor_prompts(arm, train_dataset) or [])
 
 
 def fit_arm_anchor(arm: SLowEDArguments, peft_model: Any, tokenizer: Any, train_dataset: Any, seed: int) -> Any:
@@ -138,4 +147,4 @@ def fit_arm_anchor(arm: SLowEDArguments, peft_model: Any, tokenizer: Any, train_
         return install_random_anchor(peft_model, arm.anchor_rank, seed)
     from ..tuner.anchor import fit_anchor
 
-    return fit_anchor(peft_model, tokenizer, anchor_prompts(arm, train_dataset, seed))
+    return fit_anchor(peft_model, tokenizer, anchor_prompts(arm, train_dataset))

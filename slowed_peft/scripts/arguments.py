@@ -139,6 +139,13 @@ class SLowEDArguments:
         },
     )
     anchor_limit: int = field(default=80, metadata={"help": "How many anchor prompts to use."})
+    anchor_split_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of the AdvBench / benign train–held-out split that anchor and replay prompts come from (the "
+            "alignment's, 0 by default), so the held-out prompts that are evaluated are never used."
+        },
+    )
     replay_fraction: float = field(
         default=0.05, metadata={"help": "Refusal rows added, as a share of the training rows (replay arm)."}
     )

@@ -55,6 +55,10 @@ METHODS: dict[str, dict[str, Any]] = {
 CORE = ("sft lr=1e-4", "slowed", "sft lr=1e-5", "lora r=16", "ema")  # the comparison: run with every seed
 PRIMARY = CORE[:3]  # the reference, SLowED and its learning-rate twin: their other seeds come before the extras
 EXTRA = ("lem", "slow", "trust ρ=0.003", "l2sp", "sft lr=3e-5", "sft lr=3e-6", "lem initial", "lem ÷labels")
+# The anchor study's methods (``--config frontier_anchor``): run only when named, so the first frontier's default plan
+# (and a resumed run of it) is unchanged.
+ANCHOR_METHODS = ("anchored", "anchored train", "anchored harmful", "anchored random", "anchored k=16", "replay",
+                  "corda-kpm")  # fmt: skip
 
 
 @dataclass
@@ -113,6 +117,9 @@ class FrontierArguments:
         unknown = sorted(set(self.seeded_methods or ()) - set(METHODS))
         if unknown:
             raise ValueError(f"Unknown seeded method(s) {unknown}; accepted: {list(METHODS)}.")
+        outside = sorted(set(self.seeded_methods or ()) - set(self.methods or self.default_methods()))
+        if outside:
+            raise ValueError(f"Seeded method(s) {outside} are not among the methods run: add them to `methods`.")
         if self.train_rows < self.batch_size or self.epochs < 1:
             raise ValueError(f"Need train_rows >= batch_size and epochs >= 1; got {self.train_rows}, {self.epochs}.")
         if self.quick:
@@ -122,6 +129,11 @@ class FrontierArguments:
             self.safety_limit, self.benign_limit, self.nll_limit = 8, 4, 4
             self.safety_max_new_tokens, self.eval_batch_size = 8, 16
 
+    @staticmethod
+    def default_methods() -> list[str]:
+        """Every method of the first frontier (the anchor study's methods run only when named)."""
+        return [m for m in METHODS if m not in ANCHOR_METHODS]
+
     @property
     def steps_per_epoch(self) -> int:
         return self.train_rows // self.batch_size
@@ -130,7 +142,7 @@ class FrontierArguments:
         """``(method, seed)`` runs in priority order — every core method's first seed, the other seeds of the primary
         three, three extras, the other core seeds, the other extras — so a study cut short still has the comparisons
         that matter most."""
-        chosen = self.methods if self.methods is not None else list(METHODS)
+        chosen = self.methods if self.methods is not None else self.default_methods()
         if self.seeded_methods is not None:
             runs = [(m, self.seeds[0]) for m in chosen]
             runs += [(m, s) for s in self.seeds[1:] for m in self.seeded_methods]
@@ -177,6 +189,8 @@ def reusable(path: Path, args: FrontierArguments) -> bool:
     try:
         record = json.loads(path.read_text())
         recorded = record["study_args"]
+        if not isinstance(recorded, dict):
+            raise TypeError("study_args is not an object")
     except (ValueError, KeyError, TypeError):
         print(f"[resume] {path} is unreadable or from an older version: removing it, the run is redone")
         path.unlink()
@@ -355,6 +369,7 @@ def train_one(args: FrontierArguments, student: str, method: str, seed: int, eva
         anchor_rank=spec.get("anchor_rank", args.anchor_rank),
         anchor_source=spec.get("anchor_source", "benign"),
         anchor_limit=args.anchor_limit,
+        anchor_split_seed=args.align_seed,  # the held-out sets are the alignment seed's: never anchor on them
         replay_fraction=args.replay_fraction,
     )
     masks = ARMS[spec["arm"]].masks
