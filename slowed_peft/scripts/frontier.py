@@ -96,6 +96,9 @@ class FrontierArguments:
         default=None,
         metadata={"help": "If set: every method once (seeds[0], in the order given), then these with the other seeds."},
     )
+    report_only: bool = field(
+        default=False, metadata={"help": "Write the report from the finished runs only (train nothing)."}
+    )
     anchor_rank: int = field(default=64, metadata={"help": "Directions per layer of the anchored methods."})
     anchor_limit: int = field(default=80, metadata={"help": "Anchor prompts (anchored and corda methods)."})
     replay_fraction: float = field(default=0.05, metadata={"help": "Refusal rows added by the replay method."})
@@ -166,7 +169,7 @@ def run_file(out: Path, method: str, seed: int) -> Path:
 
 
 # Arguments that do not change what a run computes: a run recorded under other values of the rest is not reused.
-NOT_SHAPING = ("output_dir", "seeds", "extra_seeds", "methods", "seeded_methods", "workers")
+NOT_SHAPING = ("output_dir", "seeds", "extra_seeds", "methods", "seeded_methods", "workers", "report_only")
 
 
 def study_args(args: FrontierArguments) -> dict[str, Any]:
@@ -472,10 +475,12 @@ def run_all(args: FrontierArguments) -> dict:
         write_json_atomic(initial_path, initial)
         del base
     write_json_atomic(out / "args.json", asdict(args))
-    todo = [r for r in plan if r not in done]
+    todo = [] if args.report_only else [r for r in plan if r not in done]
     print(f"[3/3] {len(plan) - len(todo)} of {len(plan)} runs done; training {len(todo)} with {args.workers} worker(s)")
     threads = max(1, torch.get_num_threads() // max(1, args.workers))
-    if args.workers > 1 and len(todo) > 1:
+    if not todo:
+        pass
+    elif args.workers > 1 and len(todo) > 1:
         ctx = mp.get_context("spawn")
         procs = [ctx.Process(target=worker, args=(args, student, initial, threads)) for _ in range(args.workers)]
         for p in procs:
