@@ -61,7 +61,7 @@ def test_configs_ship_with_the_package_and_resolve_by_name(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     (tmp_path / "replicate.yaml").write_text("max_steps: 3\n")
     assert resolve_config("replicate.yaml") == "replicate.yaml"  # an existing file wins over the shipped name
-    with pytest.raises(FileNotFoundError, match="shipped: bloom-1b1, frontier, llama-3.2-1b"):
+    with pytest.raises(FileNotFoundError, match="shipped: bloom-1b1, frontier, frontier_anchor, llama-3.2-1b"):
         resolve_config("nope")
 
 
