@@ -18,12 +18,12 @@ import sys
 
 import torch
 from peft import get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from _common import alternate, machine, median, write_json  # noqa: E402
+from _common import alternate, machine, median, smollm2_config, write_json  # noqa: E402
 
 from slowed_peft import SLowEDConfig, fit_anchor  # noqa: E402
 from slowed_peft.tuner.anchor import install_anchor  # noqa: E402
@@ -34,16 +34,7 @@ from testing_utils import build_char_tokenizer  # noqa: E402
 
 def smollm_like(layers: int, vocab: int) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=layers,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(smollm2_config(layers, vocab))
 
 
 def adapter(base, anchored: bool, rank: int):

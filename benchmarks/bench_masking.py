@@ -23,23 +23,11 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import LlamaForCausalLM  # noqa: E402
 
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import RssSampler, alternate, machine, median, tiny_tokenizer, write_json  # noqa: E402
-
-
-def smollm2_config(layers: int) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=layers,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        tie_word_embeddings=True,
-    )
+from _common import RssSampler, alternate, machine, median, smollm2_config, tiny_tokenizer, write_json  # noqa: E402
 
 
 def rows(n: int, seq: int, vocab: int, seed: int = 0) -> list[dict]:
