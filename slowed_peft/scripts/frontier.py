@@ -4,9 +4,10 @@ Every method of :data:`METHODS` (SLowED's arms and the baselines: plain SFT at a
 parameter-space EMA, L2-SP toward W0, a trust region sized to bind, LEM variants) distils the same fixed subset of
 teacher rationales into the same aligned student for ``epochs`` epochs, for several seeds (data order; LoRA's
 initialisation). At every epoch end a checkpoint records learning (held-out rationale NLL) and safety (held-out
-AdvBench refusals with every response kept, harmful KL against the aligned student's own responses); benign false
-refusals at the end. :mod:`slowed_peft.scripts.frontier_report` turns the runs into the frontier plots, the
-matched-learning table with bootstrap intervals, the per-epoch plot and the verdicts.
+AdvBench refusals with every response kept, harmful KL against the aligned student's own responses, benign false
+refusals, ARC log-likelihood accuracy when ``capability_limit`` is set); greedy answers to held-out questions at the
+end. :mod:`slowed_peft.scripts.frontier_report` turns the runs into the frontier plots, the matched-learning table
+with bootstrap intervals, the per-epoch plot and the verdicts.
 
 Resumable and parallel: every (method, seed) run is one JSON file under ``<output_dir>/runs``; a run that exists is
 skipped, so a killed study continues where it stopped, and ``--workers 2`` trains two runs at once (one thread each).
@@ -82,7 +83,9 @@ class FrontierArguments:
     ema_decay: float = field(default=0.9, metadata={"help": "EMA decay per step (time constant 1/(1-decay) steps)."})
     l2sp_strength: float = field(default=1000.0, metadata={"help": "Decoupled weight decay on the delta (l2sp)."})
     safety_limit: int = field(default=128, metadata={"help": "Held-out AdvBench prompts (refusals and KL)."})
-    benign_limit: int = field(default=48, metadata={"help": "Held-out benign prompts (false refusals, at the end)."})
+    benign_limit: int = field(
+        default=48, metadata={"help": "Held-out benign prompts (false refusals, every checkpoint)."}
+    )
     nll_limit: int = field(default=16, metadata={"help": "Held-out rationales scored by NLL."})
     safety_max_new_tokens: int = field(default=16, metadata={"help": "Response length scored for refusals."})
     eval_batch_size: int = field(default=64, metadata={"help": "Generation batch size."})
@@ -254,7 +257,7 @@ class StudyEvaluator:
         self.initial_responses = initial_responses
         self._kl_cache: dict = {}
 
-    def __call__(self, model, step: int, benign: bool = False) -> dict[str, Any]:
+    def __call__(self, model, step: int, final: bool = False) -> dict[str, Any]:
         from ..eval import harmful_kl, refusal_ratio
         from ..eval.checkpoints import completion_nll
         from ..tuner.drift import weight_drift
@@ -281,11 +284,10 @@ class StudyEvaluator:
 
             cap = choice_loglik_accuracy(model, self.tokenizer, self.sets["capability"])
             record.update(arc_acc=cap["accuracy"], arc_hits=cap["hits"])
-        if benign:
-            rr = refusal_ratio(model, self.tokenizer, self.sets["benign"], **common)
-            record.update(false_refusal=rr["refusal_ratio"], benign_responses=rr["responses"])
-            if self.sets.get("generation_rows"):
-                record.update(self._generation(model))
+        rr = refusal_ratio(model, self.tokenizer, self.sets["benign"], **common)  # over-refusal, every checkpoint
+        record.update(false_refusal=rr["refusal_ratio"], benign_responses=rr["responses"])
+        if final and self.sets.get("generation_rows"):
+            record.update(self._generation(model))
         try:
             record["drift_max"] = float(weight_drift(model).max)
         except (ValueError, AttributeError):  # LoRA or the plain base model: no SLowED layer
@@ -335,7 +337,7 @@ def _epoch_callback(evaluator: StudyEvaluator, steps_per_epoch: int, weights=Non
             if state.global_step % steps_per_epoch == 0 or state.global_step >= state.max_steps:
                 last = state.global_step >= state.max_steps
                 with weights(model) if weights is not None else nullcontext(model) as evaluated:
-                    record = evaluator(evaluated, state.global_step, benign=last)
+                    record = evaluator(evaluated, state.global_step, final=last)
                 print(
                     f"[checkpoint] step {record['step']}: nll {record['cot_nll']:.4f} refusal "
                     f"{record['refusal_ratio']:.3f} kl {record['harmful_kl']:.4f} ({record['eval_seconds']} s)"
@@ -470,7 +472,7 @@ def run_all(args: FrontierArguments) -> dict:
     else:
         print("[2/3] initial checkpoint of the aligned student ...")
         base, tokenizer = load_model(student)
-        initial = StudyEvaluator(args, tokenizer, held_out)(base, step=0, benign=True)
+        initial = StudyEvaluator(args, tokenizer, held_out)(base, step=0, final=True)
         initial["study_args"] = study_args(args)
         write_json_atomic(initial_path, initial)
         del base
