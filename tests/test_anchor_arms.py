@@ -258,6 +258,7 @@ def test_anchor_prompts_by_source():
     assert harmful == load_advbench(None, split="train", seed=0, train_fraction=0.6)[:5]
     assert not set(harmful) & set(load_advbench(None, split="test", seed=0, train_fraction=0.6))
     assert anchor_prompts(args("random"), _rows()) is None
+    assert anchor_prompts(args("template", limit=3)) == ["Hi", "Hello", "Thanks"]  # the chat template, no data
     rows = Dataset.from_list(
         [
             {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "first?"}]},

@@ -13,16 +13,24 @@ import torch
 from .arguments import ARMS, SLowEDArguments
 
 
+# The ``template`` source: one-word user turns, so the anchor sees the chat template (system prompt, role markers)
+# and almost nothing else — no data at all. Template tokens carry ~73% of short requests' input energy (docs/results.md).
+TEMPLATE_TURNS = ("Hi", "Hello", "Thanks", "OK", "Yes", "No", "Please", "Help", "Question", "Start")
+
+
 def anchor_prompts(args: SLowEDArguments, train_dataset: Any = None) -> Optional[list[str]]:
     """The anchor prompts of ``args.anchor_source`` (at most ``anchor_limit``); None for the ``random`` control.
 
     ``benign``: the alignment set's generic requests (train part: the evaluated benign requests are the other part);
     ``harmful``: AdvBench's train part (the evaluated prompts are its test part); ``train``: the user turns of the
-    distillation data itself, so no extra data is needed. The train / held-out splits are drawn with
+    distillation data itself, so no extra data is needed; ``template``: the chat template around one-word user turns
+    (:data:`TEMPLATE_TURNS`: no data at all). The train / held-out splits are drawn with
     ``anchor_split_seed`` (the alignment's), never with the training seed, so no evaluated prompt is an anchor."""
     source, limit, split_seed = args.anchor_source, args.anchor_limit, args.anchor_split_seed
     if source == "random":
         return None
+    if source == "template":
+        return list(TEMPLATE_TURNS[:limit])
     if source == "benign":
         from ..data.alignment import benign_instructions
 

@@ -23,8 +23,8 @@ and the baselines a user would pick instead of Slow Tuning (``slowed-frontier`` 
 and the safety anchor (Slow Tuning *where it matters*):
 
     anchored  sft (γ = 1, SFT's own learning rate) with the delta kept out of the input directions of anchor
-              prompts (``anchor_source``: benign requests, harmful prompts, the training prompts, or random
-              directions as a control), ``anchor_rank`` / ``anchor_energy`` per layer
+              prompts (``anchor_source``: benign requests, harmful prompts, the training prompts, the bare chat
+              template, or random directions as a control), ``anchor_rank`` / ``anchor_energy`` per layer
 
 All but ``full`` and ``lora`` train the same dense delta on the same layers, so they are comparable under one budget.
 """
@@ -80,7 +80,7 @@ ARMS: dict[str, Arm] = {
         "PEFT LoRA with CorDA knowledge-preserved (KPM) initialisation on the anchor prompts", "lora", corda=True
     ),
 }
-ANCHOR_SOURCES = ("benign", "harmful", "train", "random")
+ANCHOR_SOURCES = ("benign", "harmful", "train", "template", "random")
 ArmName = Literal[tuple(ARMS)]  # type: ignore[valid-type]  # the CLI choices of --arm are the rows of ARMS
 
 
@@ -134,8 +134,9 @@ class SLowEDArguments:
         default="benign",
         metadata={
             "help": "Anchor prompts (anchored and corda arms): benign (generic requests, never the evaluated ones) | "
-            "harmful (AdvBench train part) | train (the distillation prompts: no extra data) | random (control: "
-            "random directions of the same rank)."
+            "harmful (AdvBench train part) | train (the distillation prompts: no extra data) | template (the chat "
+            "template around one-word user turns: no data at all) | random (control: random directions of the same "
+            "rank)."
         },
     )
     anchor_limit: int = field(default=80, metadata={"help": "How many anchor prompts to use."})

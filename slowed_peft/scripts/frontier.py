@@ -48,8 +48,10 @@ METHODS: dict[str, dict[str, Any]] = {
     "anchored": {"arm": "anchored"},
     "anchored train": {"arm": "anchored", "anchor_source": "train"},
     "anchored harmful": {"arm": "anchored", "anchor_source": "harmful"},
+    "anchored template": {"arm": "anchored", "anchor_source": "template"},
     "anchored random": {"arm": "anchored", "anchor_source": "random"},
     "anchored k=16": {"arm": "anchored", "anchor_rank": 16},
+    "anchored k=1": {"arm": "anchored", "anchor_rank": 1},  # only the top direction (the massive-activation one)
     "replay": {"arm": "replay"},
     "corda-kpm": {"arm": "corda", "learning_rate": 3e-4},
 }
@@ -58,8 +60,8 @@ PRIMARY = CORE[:3]  # the reference, SLowED and its learning-rate twin: their ot
 EXTRA = ("lem", "slow", "trust ρ=0.003", "l2sp", "sft lr=3e-5", "sft lr=3e-6", "lem initial", "lem ÷labels")
 # The anchor study's methods (``--config frontier_anchor``): run only when named, so the first frontier's default plan
 # (and a resumed run of it) is unchanged.
-ANCHOR_METHODS = ("anchored", "anchored train", "anchored harmful", "anchored random", "anchored k=16", "replay",
-                  "corda-kpm")  # fmt: skip
+ANCHOR_METHODS = ("anchored", "anchored train", "anchored harmful", "anchored template", "anchored random",
+                  "anchored k=16", "anchored k=1", "replay", "corda-kpm")  # fmt: skip
 
 
 @dataclass
