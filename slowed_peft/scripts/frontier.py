@@ -16,6 +16,7 @@ skipped, so a killed study continues where it stopped, and ``--workers 2`` train
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -259,14 +260,15 @@ class StudyEvaluator:
         self.initial_responses = initial_responses
         self._kl_cache: dict = {}
 
-    def __call__(self, model, step: int, final: bool = False) -> dict[str, Any]:
+    def __call__(self, model, step: int, final: bool = False, epoch: Optional[float] = None) -> dict[str, Any]:
         from ..eval import harmful_kl, refusal_ratio
         from ..eval.checkpoints import completion_nll
         from ..tuner.drift import weight_drift
 
         started = time.time()
         common = dict(max_new_tokens=self.args.safety_max_new_tokens, batch_size=self.args.eval_batch_size)
-        record: dict[str, Any] = {"step": step, "epoch": step / self.args.steps_per_epoch}
+        epoch = step / self.args.steps_per_epoch if epoch is None else epoch
+        record: dict[str, Any] = {"step": step, "epoch": epoch}
         record["cot_nll"] = completion_nll(model, self.tokenizer, self.sets["nll_rows"], batch_size=8)
         rr = refusal_ratio(model, self.tokenizer, self.sets["harmful"], **common)
         record.update(refusal_ratio=rr["refusal_ratio"], harmful_responses=rr["responses"])
@@ -326,7 +328,7 @@ class StudyEvaluator:
         }
 
 
-def _epoch_callback(evaluator: StudyEvaluator, steps_per_epoch: int, weights=None):
+def _epoch_callback(evaluator: StudyEvaluator, weights=None):
     from contextlib import nullcontext
 
     from transformers import TrainerCallback
@@ -336,10 +338,13 @@ def _epoch_callback(evaluator: StudyEvaluator, steps_per_epoch: int, weights=Non
             self.records: list[dict[str, Any]] = []
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.global_step % steps_per_epoch == 0 or state.global_step >= state.max_steps:
+            # the trainer's own epochs: an arm that adds rows (replay) has more steps per epoch than the study's
+            per_epoch = math.ceil(state.max_steps / args.num_train_epochs)
+            if state.global_step % per_epoch == 0 or state.global_step >= state.max_steps:
                 last = state.global_step >= state.max_steps
                 with weights(model) if weights is not None else nullcontext(model) as evaluated:
-                    record = evaluator(evaluated, state.global_step, final=last)
+                    epoch = round(state.global_step / per_epoch, 3)
+                    record = evaluator(evaluated, state.global_step, final=last, epoch=epoch)
                 print(
                     f"[checkpoint] step {record['step']}: nll {record['cot_nll']:.4f} refusal "
                     f"{record['refusal_ratio']:.3f} kl {record['harmful_kl']:.4f} ({record['eval_seconds']} s)"
@@ -398,7 +403,7 @@ def train_one(args: FrontierArguments, student: str, method: str, seed: int, eva
     torch.manual_seed(seed)
     model, tokenizer = load_model(student)
     ema = ParameterEMACallback(args.ema_decay) if ARMS[spec["arm"]].ema else None
-    callback = _epoch_callback(evaluator, args.steps_per_epoch, weights=ema.swapped if ema else None)
+    callback = _epoch_callback(evaluator, weights=ema.swapped if ema else None)
     rows = distillation_rows(args.dataset_name, "train", args.train_rows)
     trainer = train_arm(arm, model, tokenizer, training_args, rows, callbacks=[c for c in (ema, callback) if c])
     history = trainer.state.log_history
