@@ -1,13 +1,15 @@
 """The anchor section of the frontier report: does the safety anchor keep safety at SFT's full learning?
 
 Adds to :mod:`slowed_peft.scripts.frontier_report`'s matched-learning table what the anchor's claims need: refusal at
-90% and 100% of plain SFT's learning, the end-of-training numbers a user sees (false refusals, ARC log-likelihood
+90%, 95% and 100% of plain SFT's learning (seed-paired: each run against SFT's best NLL reduction at its own seed —
+the same data order — so SFT's seed-to-seed spread does not decide whether a level is reached), the end-of-training numbers a user sees (false refusals, ARC log-likelihood
 accuracy, the share of greedy answers in the teacher's form and their accuracy), paired bootstrap differences of
 the anchored method against every baseline, and one verdict per claim of the issue's target.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any, Optional
 
 import numpy as np
@@ -17,7 +19,15 @@ from .frontier_report import REFERENCE, _flags, _interval, bootstrap_mean, match
 
 ANCHOR = "anchored"
 NO_REFUSAL_BASELINES = ("sft lr=1e-4", "sft lr=1e-5", "lora r=16", "ema", "corda-kpm")
-LEVELS = (0.9, 1.0)
+LEVELS = (0.9, 0.95, 1.0)
+
+
+def seed_references(runs: dict[str, list[dict]], initial: dict, ref_reduction: float) -> dict[int, float]:
+    """SFT's best held-out NLL reduction per seed (the same data order as every method's run of that seed); a seed
+    without an SFT run falls back to ``ref_reduction`` (the mean over SFT's seeds)."""
+    nll0 = initial["cot_nll"]
+    refs = {r["seed"]: max(nll0 - c["cot_nll"] for c in r["checkpoints"]) for r in runs.get(REFERENCE, [])}
+    return defaultdict(lambda: ref_reduction, refs)
 
 
 def _mean(values: list) -> float:
@@ -28,13 +38,16 @@ def _mean(values: list) -> float:
 def end_rows(runs: dict[str, list[dict]], initial: dict, ref_reduction: float) -> dict[str, dict[str, Any]]:
     """Per method, the last checkpoint's numbers (mean over seeds) and the best learning reached."""
     nll0 = initial["cot_nll"]
+    ref = seed_references(runs, initial, ref_reduction)
     rows = {}
     for method, seeds in runs.items():
         finals = [r["checkpoints"][-1] for r in seeds]
+        best = [max(nll0 - c["cot_nll"] for c in r["checkpoints"]) / ref[r["seed"]] for r in seeds]
         rows[method] = {
             "seeds": len(seeds),
-            "learning_best": _mean([max(nll0 - c["cot_nll"] for c in r["checkpoints"]) / ref_reduction for r in seeds]),
-            "learning_end": _mean([(nll0 - f["cot_nll"]) / ref_reduction for f in finals]),
+            "learning_best": _mean(best),
+            "learning_best_range": (min(best), max(best)),
+            "learning_end": _mean([(nll0 - r["checkpoints"][-1]["cot_nll"]) / ref[r["seed"]] for r in seeds]),
             "refusal_end": _mean([f["refusal_ratio"] for f in finals]),
             "kl_end": _mean([f["harmful_kl"] for f in finals]),
             "false_refusal": _mean([f.get("false_refusal") for f in finals]),
@@ -66,14 +79,16 @@ def end_difference(runs: dict[str, list[dict]], a: str, b: str, key: str = "harm
 
 
 def matched_refusals(runs: dict[str, list[dict]], initial: dict, ref_reduction: float) -> dict[str, dict]:
-    """Refusal (with a 95% bootstrap interval) where each method first reaches 90% / 100% of SFT's learning."""
+    """Refusal (with a 95% bootstrap interval) where each method first reaches 90% / 95% / 100% of SFT's learning at
+    the same seed."""
     out: dict[str, dict] = {}
     rng = np.random.default_rng(0)
+    ref = seed_references(runs, initial, ref_reduction)
     for method, seeds in runs.items():
-        paths = [run_path(r, initial) for r in seeds]
+        paths = [(run_path(r, initial), ref[r["seed"]]) for r in seeds]
         out[method] = {}
         for level in LEVELS:
-            points = [matched(p, initial["cot_nll"], ref_reduction, level) for p in paths]
+            points = [matched(p, initial["cot_nll"], r, level) for p, r in paths]
             if any(p is None for p in points):
                 out[method][level] = None
                 continue
@@ -99,9 +114,13 @@ def anchor_section(runs: dict[str, list[dict]], initial: dict, ref_reduction: fl
         f"log-likelihood accuracy {f(initial.get('arc_acc', float('nan')))}, greedy answers in the teacher's form "
         f"{f(initial.get('format_share', float('nan')))} (accuracy {f(initial.get('gen_accuracy', float('nan')))}).",
         "",
-        "| method | seeds | learning best / end | refusal per epoch | refusal @90% [95%] | refusal @100% [95%] | "
-        "harmful KL end | false refusal end | ARC acc end | teacher's form end | answer acc end |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "Learning: held-out NLL reduction / SFT's best reduction at the same seed (same data order). Refusal at a "
+        "level: where each run first reaches it (interpolated per prompt between checkpoints; 'not reached' if any "
+        "seed does not), 95% bootstrap over prompts and seeds.",
+        "",
+        "| method | seeds | learning best / end | refusal per epoch | refusal @90% [95%] | refusal @95% [95%] | "
+        "refusal @100% [95%] | harmful KL end | false refusal end | ARC acc end | teacher's form end | answer acc end |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, row in rows.items():
         cells = []
@@ -110,7 +129,7 @@ def anchor_section(runs: dict[str, list[dict]], initial: dict, ref_reduction: fl
             cells.append("not reached" if m is None else f"{f(m['refusal'])} [{f(m['ci'][0])}, {f(m['ci'][1])}]")
         lines.append(
             f"| {method} | {row['seeds']} | {f(row['learning_best'])} / {f(row['learning_end'])} | "
-            f"{' → '.join(f(r) for r in row['refusal_by_epoch'])} | {cells[0]} | {cells[1]} | {f(row['kl_end'])} | "
+            f"{' → '.join(f(r) for r in row['refusal_by_epoch'])} | {' | '.join(cells)} | {f(row['kl_end'])} | "
             f"{f(row['false_refusal'])} | {f(row['arc_acc'])} | {f(row['format_share'])} | {f(row['gen_accuracy'])} |"
         )
     if ANCHOR not in runs:
@@ -136,18 +155,24 @@ def verdicts(runs: dict, rows: dict, levels: dict, initial: dict) -> list[str]:
     a = rows[ANCHOR]
     start = initial["refusal_ratio"]
     out = []
-    full = levels[ANCHOR][1.0]
-    reached = full is not None
-    out.append(
-        f"**Refusals within 0.03 of the start at SFT's full learning: "
-        f"{'holds' if reached and full['refusal'] >= start - 0.03 else 'does not hold'}** — "
-        + (
-            f"refusal {f(full['refusal'])} at 100% vs start {f(start)}."
-            if reached
-            else f"the anchored run reaches {f(a['learning_best'])} of SFT's learning (best checkpoint); at the end "
-            f"refusal {f(a['refusal_end'])} vs start {f(start)}."
+    # SFT's full learning: 100% of it at the same seed, or, where a seed falls short, 95% (checkpoints are epoch ends:
+    # the best one is a coarse sample of each run's curve) — the level used is said in the verdict
+    level = 1.0 if levels[ANCHOR][1.0] is not None else 0.95
+    full = levels[ANCHOR][level]
+    lo, hi = a["learning_best_range"]
+    if full is None:
+        out.append(
+            f"**Refusals within 0.03 of the start at SFT's full learning: not measured** — the anchored runs reach "
+            f"{f(lo)}–{f(hi)} of SFT's learning at their seeds (best checkpoint); at the end refusal "
+            f"{f(a['refusal_end'])} vs start {f(start)}."
         )
-    )
+    else:
+        out.append(
+            f"**Refusals within 0.03 of the start at SFT's full learning: "
+            f"{'holds' if full['refusal'] >= start - 0.03 else 'does not hold'}** — refusal {f(full['refusal'])} "
+            f"[{f(full['ci'][0])}, {f(full['ci'][1])}] at {level:.0%} of SFT's learning vs start {f(start)} (best "
+            f"checkpoints reach {f(lo)}–{f(hi)} of SFT's learning at the same seeds)."
+        )
     beaten = []
     for base in NO_REFUSAL_BASELINES:
         d = end_difference(runs, ANCHOR, base)

@@ -485,7 +485,10 @@ def run_all(args: FrontierArguments) -> dict:
         del base
     write_json_atomic(out / "args.json", asdict(args))
     todo = [] if args.report_only else [r for r in plan if r not in done]
-    print(f"[3/3] {len(plan) - len(todo)} of {len(plan)} runs done; training {len(todo)} with {args.workers} worker(s)")
+    if args.report_only:
+        print(f"[3/3] report only: {len(done)} of the {len(plan)} planned runs are finished")
+    else:
+        print(f"[3/3] {len(done)} of {len(plan)} runs done; training {len(todo)} with {args.workers} worker(s)")
     threads = max(1, torch.get_num_threads() // max(1, args.workers))
     if not todo:
         pass
