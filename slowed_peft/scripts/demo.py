@@ -1,4 +1,5 @@
-"""``slowed-demo``: what SLowED is for, in one command — an aligned student, plain SFT and SLowED side by side.
+"""``slowed-demo``: what SLowED is for, in one command — an aligned student; plain SFT, SLowED and SLowED with the
+safety anchor side by side.
 
 1. build (or reuse) a safety-aligned SmolLM2-135M-Instruct with the demo's fast alignment recipe
    (:mod:`slowed_peft.scripts.align`; cached after the first run);
@@ -9,7 +10,9 @@
    not behave as expected), and write ``report.json``, ``over_steps.png`` and the SLowED arm's ``adapter/``.
 
 Under Adam, Slow Tuning's ``slow_factor`` γ acts as a learning-rate change (``docs/results.md``): the ``sft_low_lr``
-arm (plain SFT at ``learning_rate × slow_factor``) shows that control next to SLowED.
+arm (plain SFT at ``learning_rate × slow_factor``) shows that control next to SLowED. The ``anchored`` arm (default)
+trains at SFT's own learning rate with the delta kept out of the input directions of generic chat prompts — the
+setting the harder frontier recommends.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class DemoArguments:
     output_dir: str = field(default="outputs/demo", metadata={"help": "Where the report, plot and adapter go."})
     model_name_or_path: str = field(default="smollm2-135m-instruct", metadata={"help": "Student before alignment."})
     arms: list[str] = field(
-        default_factory=lambda: ["sft", "slowed"],
+        default_factory=lambda: ["sft", "slowed", "anchored"],
         metadata={"help": f"Arms side by side: {' | '.join(DEMO_ARMS)} (sft_low_lr: SFT at lr × slow_factor)."},
     )
     dataset_name: str = field(default="svamp", metadata={"help": "CoT source to distil: svamp | gsm8k."})
