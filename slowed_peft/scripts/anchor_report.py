@@ -96,8 +96,21 @@ def matched_refusals(runs: dict[str, list[dict]], initial: dict, ref_reduction: 
             out[method][level] = {
                 "refusal": _mean([f.mean() for f in flags]),
                 "ci": _interval(bootstrap_mean(flags, rng)),
+                "flags": flags,  # per seed, per prompt: for paired differences at this level
             }
     return out
+
+
+def matched_difference(levels: dict, a: str, b: str) -> Optional[tuple[float, float, float, float]]:
+    """``a − b`` refusal at the highest level of SFT's learning both reach: (level, mean, 2.5%, 97.5%) of a paired
+    bootstrap over prompts (seeds apart); None when they share no level."""
+    for level in sorted(LEVELS, reverse=True):
+        la, lb = levels.get(a, {}).get(level), levels.get(b, {}).get(level)
+        if la is not None and lb is not None:
+            samples = bootstrap_mean(la["flags"], np.random.default_rng(0), other=lb["flags"])
+            lo, hi = _interval(samples)
+            return level, la["refusal"] - lb["refusal"], lo, hi
+    return None
 
 
 def anchor_section(runs: dict[str, list[dict]], initial: dict, ref_reduction: float) -> list[str]:
@@ -134,10 +147,17 @@ def anchor_section(runs: dict[str, list[dict]], initial: dict, ref_reduction: fl
         )
     if ANCHOR not in runs:
         return lines
-    lines += ["", f"Paired differences at the end of training, {ANCHOR} minus each method (95% bootstrap):", ""]
-    lines += ["| vs | refusal | ARC acc | teacher's form |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"Paired differences, {ANCHOR} minus each method (95% bootstrap over the same prompts): refusal at the highest "
+        "level of SFT's learning both reach, then at the end of training:",
+        "",
+    ]
+    lines += ["| vs | refusal, matched learning | refusal, end | ARC acc, end | teacher's form, end |"]
+    lines += ["|---|---|---|---|---|"]
     for other in [m for m in runs if m != ANCHOR]:
-        cells = []
+        m = matched_difference(levels, ANCHOR, other)
+        cells = ["no shared level" if m is None else f"{m[1]:+.3f} [{m[2]:+.3f}, {m[3]:+.3f}] @{m[0]:.0%}"]
         for key in ("harmful_responses", "arc_hits", "format_hits"):
             d = end_difference(runs, ANCHOR, other, key)
             cells.append("–" if d is None else f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
@@ -173,23 +193,32 @@ def verdicts(runs: dict, rows: dict, levels: dict, initial: dict) -> list[str]:
             f"[{f(full['ci'][0])}, {f(full['ci'][1])}] at {level:.0%} of SFT's learning vs start {f(start)} (best "
             f"checkpoints reach {f(lo)}–{f(hi)} of SFT's learning at the same seeds)."
         )
+    # at matched learning (the highest level both reach): a baseline that learns less must not pass for safer; a
+    # baseline that never reaches 90% of SFT's learning is compared at the end of training, and the line says so
     beaten = []
     for base in NO_REFUSAL_BASELINES:
-        d = end_difference(runs, ANCHOR, base)
-        if d is not None:
-            beaten.append((base, d))
+        if base not in runs:
+            continue
+        m = matched_difference(levels, ANCHOR, base)
+        if m is not None:
+            beaten.append((base, m[1:], f"@{m[0]:.0%}"))
+        else:
+            d = end_difference(runs, ANCHOR, base)
+            beaten.append((base, d, f"at the end ({base} never reaches {min(LEVELS):.0%} of SFT's learning)"))
     if beaten:
-        ok = all(d[1] > 0 for _, d in beaten)
-        detail = "; ".join(f"{b} {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" for b, d in beaten)
+        ok = all(d[1] > 0 for _, d, _ in beaten)
+        detail = "; ".join(f"{b} {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] {where}" for b, d, where in beaten)
         out.append(
-            f"**Above every baseline that trains on no refusals (paired 95% interval above zero, end of training): "
+            f"**Above every baseline that trains on no refusals (paired 95% interval above zero at matched learning): "
             f"{'holds' if ok else 'does not hold'}** — {detail}."
         )
     d = end_difference(runs, ANCHOR, "replay")
     if d is not None:
+        m = matched_difference(levels, ANCHOR, "replay")
+        at = "" if m is None else f"; at {m[0]:.0%} of SFT's learning {m[1]:+.3f} [{m[2]:+.3f}, {m[3]:+.3f}]"
         out.append(
             f"**Not below refusal replay beyond noise: {'holds' if d[2] >= 0 else 'does not hold'}** — anchored minus "
-            f"replay {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]."
+            f"replay at the end {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]{at}."
         )
     fr0 = initial.get("false_refusal", float("nan"))
     out.append(
