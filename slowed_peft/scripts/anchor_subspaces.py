@@ -11,7 +11,7 @@ one-word user turn) the anchor is fitted on the aligned student; per wrapped lay
 - ``template share``: the share of the benign prompts' input energy carried by template tokens (everything but the
   user's words).
 
-    python recipes/anchor_subspaces.py --output_dir outputs/anchor_subspaces
+    python -m slowed_peft.scripts.anchor_subspaces --output_dir outputs/anchor_subspaces
 """
 
 from __future__ import annotations
@@ -23,26 +23,25 @@ from pathlib import Path
 
 import torch
 
-
-TEMPLATE_WORDS = ["Hi", "Hello", "Thanks", "OK", "Yes", "No", "Please", "Help", "Question", "Start"]
+from .anchoring import TEMPLATE_TURNS
 
 
 def _prompt_sets(student_tokenizer, train_rows: int, limit: int) -> dict[str, list[str]]:
-    from slowed_peft.data.alignment import benign_instructions
-    from slowed_peft.eval import load_advbench
-    from slowed_peft.scripts.replicate import distillation_rows
+    from ..data.alignment import benign_instructions
+    from ..eval import load_advbench
+    from .replicate import distillation_rows
 
     train = [r["prompt"][-1]["content"] for r in distillation_rows("svamp", "train", train_rows).to_list()]
     return {
         "benign": benign_instructions(seed=0)[0][:limit],
         "harmful (train part)": load_advbench(None, split="train", seed=0, train_fraction=0.6)[:limit],
         "distillation prompts": train,
-        "template only": TEMPLATE_WORDS,
+        "template only": list(TEMPLATE_TURNS),
     }
 
 
 def _bases(model) -> dict[str, torch.Tensor]:
-    from slowed_peft.tuner.layer import SLowEDLayer
+    from ..tuner.layer import SLowEDLayer
 
     adapter = model.active_adapter
     return {
@@ -53,7 +52,7 @@ def _bases(model) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def _second_moments(model, tokenizer, prompts: list[str], user_only: bool = False) -> dict[str, torch.Tensor]:
     """Σ x xᵀ of every SLowED layer's input over the chat-formatted prompts (all tokens, or the template's only)."""
-    from slowed_peft.tuner.layer import SLowEDLayer
+    from ..tuner.layer import SLowEDLayer
 
     layers = {n: m for n, m in model.named_modules() if isinstance(m, SLowEDLayer)}
     sums = {n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for n, m in layers.items()}
@@ -100,10 +99,10 @@ def main() -> None:
 
     from peft import get_peft_model
 
-    from slowed_peft import SLowEDConfig, fit_anchor
-    from slowed_peft.base_models import load_model
-    from slowed_peft.scripts.align import AlignArguments, align_student, held_out_sets
-    from slowed_peft.scripts.demo import DemoArguments
+    from .. import SLowEDConfig, fit_anchor
+    from ..base_models import load_model
+    from .align import AlignArguments, align_student, held_out_sets
+    from .demo import DemoArguments
 
     started = time.time()
     student, _ = align_student(DemoArguments().align_arguments())
