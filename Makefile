@@ -19,10 +19,11 @@ setup-demo:  # only what the demo needs (no test, lint, DeepSpeed or lm-eval too
 demo: setup-demo
 	$(PY) -m slowed_peft.scripts.demo --output_dir outputs/demo
 
-test: setup
+# Both tiers run on 2 pytest-xdist workers (pyproject addopts; `-n 0` for one process). CI (.ci/run) runs both.
+test: setup  # default tier: <= 5 min on 2 cores
 	$(PY) -m pytest -q
 
-test-slow: setup
+test-slow: setup  # slow tier: the wheel, multi-process runs, fresh-interpreter checks, quick studies on the real model
 	$(PY) -m pytest -q -m slow
 
 bench: setup

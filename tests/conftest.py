@@ -1,4 +1,10 @@
-"""Shared fixtures (offline settings, tiny models, the char tokenizer); the helpers live in testing_utils.py."""
+"""Shared fixtures (offline settings, tiny models, the char tokenizer); the helpers live in testing_utils.py.
+
+The default tier runs on 2 pytest-xdist workers (``-n 2 --dist loadfile`` in pyproject.toml: a file's tests stay on
+one worker, so module-scoped fixtures are built once). Each worker gets its share of the cores for torch's threads
+(fresh interpreters the tests start inherit it through ``OMP_NUM_THREADS``), and the slow end-to-end runs that fill
+the shared model cache (``~/.cache/slowed_peft``) take a lock (``shared_model_cache``) so two workers never build the
+same cached model at once."""
 
 from __future__ import annotations
 
@@ -15,6 +21,30 @@ import pytest  # noqa: E402
 import slowed_peft  # noqa: E402,F401  (registers the SLOWED PEFT type)
 
 from testing_utils import FAMILIES, build_char_tokenizer, build_tiny  # noqa: E402
+
+
+def pytest_configure(config):
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers:  # an xdist worker: 2 workers x 2 torch threads on 2 cores would oversubscribe (OpenMP spins)
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture
+def shared_model_cache():
+    """Hold a lock on the shared model cache (the converted embedded model, aligned students) for the whole test:
+    end-to-end runs that may build the same cached model take turns instead of writing it twice at once."""
+    from filelock import FileLock
+
+    from slowed_peft.base_models import default_cache_root
+
+    root = default_cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".pytest.lock")):
+        yield root
 
 
 @pytest.fixture(params=FAMILIES)

@@ -247,7 +247,7 @@ def test_frontier_config_parses_every_key():
 
 
 @pytest.mark.slow
-def test_frontier_quick_run_writes_the_report(tmp_path):
+def test_frontier_quick_run_writes_the_report(tmp_path, shared_model_cache):
     from slowed_peft.scripts.frontier import run
 
     summary = run(["--quick", "--output_dir", str(tmp_path), "--workers", "1"])

@@ -83,7 +83,7 @@ def test_demo_without_data_names_the_setting_before_any_work(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_demo_end_to_end_on_the_embedded_model(tmp_path):
+def test_demo_end_to_end_on_the_embedded_model(tmp_path, shared_model_cache):
     small = ["--safety_limit", "4", "--benign_limit", "4", "--nll_limit", "2", "--reasoning_limit", "2"]
     align = ["--align_harmful_limit", "8", "--align_benign_limit", "8", "--align_benign_max_new_tokens", "16"]
     steps = [

@@ -14,6 +14,7 @@ import pytest
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 
 
+@pytest.mark.slow  # 3 x 2 torch.distributed processes; `make test-slow` (CI runs it)
 @pytest.mark.parametrize("granularity, r", [("matrix", "none"), ("row", "none"), ("matrix", "4")])
 def test_fsdp2_two_processes_keep_the_trust_region(tmp_path, granularity, r):
     cmd = [

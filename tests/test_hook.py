@@ -18,7 +18,7 @@ from peft import get_peft_model
 
 from slowed_peft import SLowEDConfig
 
-from testing_utils import batch, build_char_tokenizer, build_tiny
+from testing_utils import batch, build_char_tokenizer, build_tiny, wheel_build_lock
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,7 +128,8 @@ def test_find_spec_probe_does_not_consume_the_hook():
 
 def test_wheel_ships_the_pth_at_its_root(tmp_path):
     pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
-    res = subprocess.run([*pip, str(REPO)], capture_output=True, text=True, timeout=300)
+    with wheel_build_lock():
+        res = subprocess.run([*pip, str(REPO)], capture_output=True, text=True, timeout=300)
     if res.returncode != 0:
         pytest.skip(f"could not build a wheel here: {res.stderr[-500:]}")
     (wheel,) = tmp_path.glob("slowed_peft-*.whl")

@@ -106,7 +106,7 @@ def test_distillation_rows_ask_the_evaluation_question():
 
 @pytest.mark.slow
 @pytest.mark.skipif(data_dir() is None, reason="needs the shared data folder")
-def test_quick_replication_end_to_end(tmp_path):
+def test_quick_replication_end_to_end(tmp_path, shared_model_cache):
     """The quick mode on the real SmolLM2-135M (9.6 min on one thread beside the suite): every arm and sweep run,
     report and plots written."""
     from slowed_peft.scripts.replicate import run

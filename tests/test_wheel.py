@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from testing_utils import build_char_tokenizer, build_tiny
+from testing_utils import build_char_tokenizer, build_tiny, wheel_build_lock
 
 
 try:
@@ -32,7 +32,9 @@ except ModuleNotFoundError:  # Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
 
-# In the default tier (CI runs it): about 2 minutes on 2 cores — a wheel build plus ~16 fresh interpreters.
+# The slow tier (`make test-slow`; CI runs it after the default tier): about 2 minutes on 2 cores — a wheel build plus
+# ~16 fresh interpreters.
+pytestmark = pytest.mark.slow
 
 
 def _run(cmd: list[str], cwd: Path, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -44,11 +46,12 @@ def wheel_env(tmp_path_factory):
     """``(venv_bin, env, workdir)``: the wheel installed in a fresh virtualenv, and a directory outside the checkout."""
     tmp = tmp_path_factory.mktemp("wheel")
     dist = tmp / "dist"
-    build = _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, ROOT],
-        cwd=tmp,
-        env=os.environ.copy(),
-    )
+    with wheel_build_lock():
+        build = _run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, ROOT],
+            cwd=tmp,
+            env=os.environ.copy(),
+        )
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-3000:]
     (wheel,) = dist.glob("slowed_peft-*.whl")
 

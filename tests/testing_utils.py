@@ -3,6 +3,9 @@ character-level tokenizer with a chat template, and random token batches. Nothin
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -14,6 +17,7 @@ from transformers import (
 
 
 VOCAB = 96
+ROOT = Path(__file__).resolve().parents[1]
 
 # Trainer settings of the small in-process training tests: CPU, fp32, a log per step, no saving, no reporting.
 TRAINER_ARGS = dict(
@@ -95,3 +99,13 @@ def build_char_tokenizer(path=None):
     if path is not None:
         fast.save_pretrained(path)
     return fast
+
+
+@contextlib.contextmanager
+def wheel_build_lock():
+    """``pip wheel <checkout>`` builds in place (``build/``, ``*.egg-info``): one build at a time, across workers."""
+    from filelock import FileLock
+
+    (ROOT / "build").mkdir(exist_ok=True)
+    with FileLock(str(ROOT / "build" / ".pytest-wheel.lock")):
+        yield
