@@ -43,8 +43,7 @@ def child(model_path: str, arm: str, steps: int, config: dict) -> dict:
 
     from slowed_peft.base_models import load_model
     from slowed_peft.scripts.arguments import SLowEDArguments
-    from slowed_peft.scripts.replicate import distillation_rows
-    from slowed_peft.scripts.training import study_training_args, train_arm
+    from slowed_peft.scripts.training import distillation_rows, study_training_args, train_arm
 
     class Timer(TrainerCallback):
         def __init__(self) -> None:

@@ -13,7 +13,7 @@ HF_HUB_OFFLINE=1 python recipes/frontier.py --quick --output_dir outputs/frontie
 ```
 """
 
-from slowed_peft.scripts.frontier import cli
+from slowed_peft.scripts.study import cli
 
 
 if __name__ == "__main__":

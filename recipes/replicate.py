@@ -1,20 +1,18 @@
 # /// script
 # dependencies = ["slowed-peft"]
 # ///
-"""Reproduce the paper's phenomenon on SmolLM2-135M with real data; the same as ``slowed-replicate``.
+"""Reproduce the paper's phenomenon on SmolLM2-135M with real data; the same as ``slowed-replicate`` (the study
+engine with the shipped ``replicate`` config: the paper's four arms, checkpoints at steps 8, 16, 24).
 
 ```bash
-# the whole study (aligned student, four arms, sweep): about 60 minutes on 2 CPU cores
-HF_HUB_OFFLINE=1 python recipes/replicate.py --config replicate
-# the four arms only, or a ~5-minute smoke run
-HF_HUB_OFFLINE=1 python recipes/replicate.py --config replicate --sweep false
-HF_HUB_OFFLINE=1 python recipes/replicate.py --quick --output_dir outputs/replicate-quick
+HF_HUB_OFFLINE=1 python recipes/replicate.py                      # resumable; see docs/results.md for the wall time
+HF_HUB_OFFLINE=1 python recipes/replicate.py --quick true --output_dir outputs/replicate-quick   # smoke run
 # just the aligned student (cached under ~/.cache/slowed_peft/models/aligned/)
 HF_HUB_OFFLINE=1 slowed-align
 ```
 """
 
-from slowed_peft.scripts.replicate import cli
+from slowed_peft.scripts.study import replicate_cli as cli
 
 
 if __name__ == "__main__":

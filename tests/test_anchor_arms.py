@@ -28,15 +28,8 @@ from slowed_peft.scripts.anchoring import (
     with_replay,
 )
 from slowed_peft.scripts.arguments import SLowEDArguments, apply_arm_to_training_args, peft_config_for_arm
-from slowed_peft.scripts.frontier import (
-    METHODS,
-    NOT_SHAPING,
-    FrontierArguments,
-    reusable,
-    run_file,
-    study_args,
-    write_json_atomic,
-)
+from slowed_peft.scripts.runs import NOT_SHAPING, reusable, run_file, study_args, write_json_atomic
+from slowed_peft.scripts.study_config import METHODS, StudyArguments
 from slowed_peft.tuner.anchor import AnchorReport
 from slowed_peft.tuner.layer import SLowEDLayer
 
@@ -96,7 +89,7 @@ def _assert_orthonormal(q: torch.Tensor) -> None:
 
 
 def test_study_args_are_the_shaping_arguments_and_survive_json():
-    args = FrontierArguments(epochs=3, seeds=[0, 1], workers=1, output_dir="somewhere")
+    args = StudyArguments(epochs=3, seeds=[0, 1], workers=1, output_dir="somewhere")
     recorded = study_args(args)
     assert not set(recorded) & set(NOT_SHAPING)
     assert recorded["epochs"] == 3 and recorded["learning_rate"] == 1e-4 and recorded["anchor_rank"] == 64
@@ -114,20 +107,31 @@ def test_write_json_atomic_replaces_the_file_whole(tmp_path):
 
 
 def test_a_run_of_the_same_study_is_reused_and_one_of_another_is_refused_naming_the_keys(tmp_path):
-    args = FrontierArguments(epochs=3)
+    args = StudyArguments(epochs=3)
     path = run_file(tmp_path, "anchored", 0)
     path.parent.mkdir(parents=True)
     assert reusable(path, args) is False  # not there yet
     write_json_atomic(path, {"method": "anchored", "seed": 0, "study_args": study_args(args), "checkpoints": []})
     assert reusable(path, args) is True
     # what does not shape a run may differ: more seeds, other workers, another selection of methods
-    assert reusable(path, FrontierArguments(epochs=3, seeds=[0, 1, 2, 3], workers=1, methods=["anchored"]))
+    assert reusable(path, StudyArguments(epochs=3, seeds=[0, 1, 2, 3], workers=1, methods=["anchored"]))
     with pytest.raises(ValueError, match=r"recorded under other study arguments \(epochs: 3 -> 5\)") as err:
-        reusable(path, FrontierArguments(epochs=5))
+        reusable(path, StudyArguments(epochs=5))
     assert str(path) in str(err.value)
     with pytest.raises(ValueError, match=r"anchor_rank: 64 -> 16, epochs: 3 -> 5\)"):
-        reusable(path, FrontierArguments(epochs=5, anchor_rank=16))
+        reusable(path, StudyArguments(epochs=5, anchor_rank=16))
     assert path.is_file()  # refused, never deleted: the numbers of the other study stay
+
+
+def test_an_argument_added_after_a_run_was_recorded_counts_at_its_default(tmp_path):
+    args = StudyArguments(epochs=3)
+    path = run_file(tmp_path, "anchored", 0)
+    path.parent.mkdir(parents=True)
+    older = {k: v for k, v in study_args(args).items() if k not in ("max_steps", "eval_steps")}  # written before them
+    write_json_atomic(path, {"method": "anchored", "seed": 0, "study_args": older, "checkpoints": []})
+    assert reusable(path, args) is True
+    with pytest.raises(ValueError, match=r"recorded under other study arguments \(max_steps: None -> 8\)"):
+        reusable(path, StudyArguments(epochs=3, max_steps=8))
 
 
 @pytest.mark.parametrize(
@@ -139,7 +143,7 @@ def test_an_unreadable_run_file_is_named_removed_and_redone(tmp_path, capsys, co
     path = run_file(tmp_path, "anchored train", 1)
     path.parent.mkdir(parents=True)
     path.write_text(content)
-    assert reusable(path, FrontierArguments()) is False
+    assert reusable(path, StudyArguments()) is False
     assert str(path) in capsys.readouterr().out and not path.exists()
 
 
@@ -147,12 +151,12 @@ def test_an_unreadable_run_file_is_named_removed_and_redone(tmp_path, capsys, co
 def test_a_run_file_whose_study_args_is_not_an_object_is_redone(tmp_path, recorded):
     path = tmp_path / "run.json"
     path.write_text(f'{{"method": "anchored", "study_args": {recorded}}}')
-    assert reusable(path, FrontierArguments()) is False and not path.exists()
+    assert reusable(path, StudyArguments()) is False and not path.exists()
 
 
 def test_seeded_plan_runs_every_method_once_then_the_seeded_methods_other_seeds():
     methods = ["sft lr=1e-4", "anchored", "replay", "lora r=16", "anchored random"]
-    args = FrontierArguments(methods=methods, seeded_methods=["anchored", "sft lr=1e-4"], seeds=[7, 1, 2])
+    args = StudyArguments(methods=methods, seeded_methods=["anchored", "sft lr=1e-4"], seeds=[7, 1, 2])
     assert args.plan() == [
         *[(m, 7) for m in methods],
         ("anchored", 1),
@@ -161,13 +165,13 @@ def test_seeded_plan_runs_every_method_once_then_the_seeded_methods_other_seeds(
         ("sft lr=1e-4", 2),
     ]
     with pytest.raises(ValueError, match=r"Unknown seeded method\(s\) \['anchored k=3'\]"):
-        FrontierArguments(seeded_methods=["anchored", "anchored k=3"])
+        StudyArguments(seeded_methods=["anchored", "anchored k=3"])
 
 
 def test_the_anchor_frontier_config_plans_ten_methods_then_three_seeded_twice():
     from slowed_peft.scripts.configs import SLowEDParser
 
-    (args,) = SLowEDParser((FrontierArguments,)).parse_args_and_config(args=["--config", "frontier_anchor"])
+    (args,) = SLowEDParser((StudyArguments,)).parse_args_and_config(args=["--config", "frontier_anchor"])
     plan = args.plan()
     assert plan[:10] == [(m, 0) for m in args.methods] and set(args.methods) <= set(METHODS)
     assert plan[10:] == [(m, s) for s in (1, 2) for m in ("sft lr=1e-4", "anchored", "replay")]
@@ -175,7 +179,7 @@ def test_the_anchor_frontier_config_plans_ten_methods_then_three_seeded_twice():
 
 def test_a_seeded_method_outside_methods_is_refused_or_planned_with_its_first_seed():
     with pytest.raises(ValueError, match="not among the methods run"):
-        FrontierArguments(methods=["sft lr=1e-4", "slowed"], seeded_methods=["anchored"], seeds=[0, 1])
+        StudyArguments(methods=["sft lr=1e-4", "slowed"], seeded_methods=["anchored"], seeds=[0, 1])
 
 
 # ------------------------------------------------------------------------------------- anchoring: replay and prompts
@@ -212,7 +216,7 @@ def _evaluated_prompts() -> tuple[set[str], set[str]]:
     """The held-out AdvBench and benign prompts the frontier evaluates (its default align_seed 0)."""
     from slowed_peft.scripts.align import AlignArguments, held_out_sets
 
-    sets = held_out_sets(AlignArguments(seed=FrontierArguments().align_seed))
+    sets = held_out_sets(AlignArguments(seed=StudyArguments().align_seed))
     return set(sets["advbench"]), set(sets["benign"])
 
 

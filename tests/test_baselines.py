@@ -13,8 +13,9 @@ from trl import ModelConfig
 from slowed_peft import SLowEDSFTConfig
 from slowed_peft.masking import ParameterEMACallback
 from slowed_peft.scripts.arguments import SLowEDArguments, apply_arm_to_training_args, peft_config_for_arm
-from slowed_peft.scripts.frontier import ANCHOR_METHODS, CORE, EXTRA, METHODS, PRIMARY, FrontierArguments, run_file
-from slowed_peft.scripts.frontier_report import difference, matched, summarise
+from slowed_peft.scripts.report import difference, matched, summarise
+from slowed_peft.scripts.runs import run_file
+from slowed_peft.scripts.study_config import CORE, EXTRA, METHODS, OPT_IN, PRIMARY, StudyArguments
 from slowed_peft.scripts.training import train_arm
 
 from testing_utils import TRAINER_ARGS, build_char_tokenizer, build_tiny
@@ -187,16 +188,16 @@ def test_labels_normalisation_needs_the_live_source(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ frontier bookkeeping
 def test_plan_runs_the_comparisons_that_matter_first():
-    plan = FrontierArguments(seeds=[0, 1], extra_seeds=[0]).plan()
+    plan = StudyArguments(seeds=[0, 1], extra_seeds=[0]).plan()
     assert plan[: len(CORE)] == [(m, 0) for m in CORE]
     rest = plan[len(CORE) :]
     assert rest[:6] == [(m, 1) for m in PRIMARY] + [(m, 0) for m in EXTRA[:3]]
     assert rest[6:8] == [(m, 1) for m in CORE[3:]] and rest[8:] == [(m, 0) for m in EXTRA[3:]]
     assert len({run_file(__import__("pathlib").Path("x"), m, s) for m, s in plan}) == len(plan)
     with pytest.raises(ValueError, match="Unknown method"):
-        FrontierArguments(methods=["sft lr=1e-3"])
-    assert set(CORE) | set(EXTRA) | set(ANCHOR_METHODS) == set(METHODS)
-    assert not set(ANCHOR_METHODS) & {m for m, _ in plan}  # the anchor study's methods run only when named
+        StudyArguments(methods=["sft lr=1e-3"])
+    assert set(CORE) | set(EXTRA) | set(OPT_IN) == set(METHODS)
+    assert not set(OPT_IN) & {m for m, _ in plan}  # the anchor study's (and the demo's) methods run only when named
 
 
 def _point(step, nll, flags, kl):
@@ -239,20 +240,21 @@ def test_summary_intervals_and_differences():
 def test_frontier_config_parses_every_key():
     from slowed_peft.scripts.configs import SLowEDParser
 
-    (args, remaining) = SLowEDParser((FrontierArguments,)).parse_args_and_config(
+    (args, remaining) = SLowEDParser((StudyArguments,)).parse_args_and_config(
         args=["--config", "frontier"], return_remaining_strings=True
     )
     assert remaining == [] and (args.train_rows, args.epochs, args.safety_limit) == (16, 3, 128)
-    assert args.steps_per_epoch == 4 and len(args.plan()) == 3 * len(CORE) + len(EXTRA)
+    assert args.max_steps is None and len(args.plan()) == 3 * len(CORE) + len(EXTRA)
 
 
 @pytest.mark.slow
 def test_frontier_quick_run_writes_the_report(tmp_path, shared_model_cache):
-    from slowed_peft.scripts.frontier import run
+    from slowed_peft.scripts.study import run
 
     summary = run(["--quick", "--output_dir", str(tmp_path), "--workers", "1"])
     assert set(summary["methods"]) == {"sft lr=1e-4", "slowed", "ema", "lora r=16"}
-    for name in ("results.md", "summary.json", "frontier_refusal.png", "frontier_kl.png", "refusal_per_epoch.png"):
+    for name in ("results.md", "summary.json", "frontier_refusal.png", "frontier_kl.png", "refusal_per_epoch.png",
+                 "over_steps.png"):  # fmt: skip
         assert (tmp_path / name).is_file(), name
     again = run(["--quick", "--output_dir", str(tmp_path), "--workers", "1"])  # resumes: nothing retrained
     assert again["methods"]["slowed"]["refusal_final"] == summary["methods"]["slowed"]["refusal_final"]

@@ -1,32 +1,55 @@
-"""The frontier's checkpoints fall on the trainer's own epoch ends, also for an arm that adds rows (replay)."""
+"""The study's checkpoints fall on the trainer's own epoch ends (also for an arm that adds rows: replay), or every
+``eval_steps`` steps; the slow parts run where the schedule says."""
 
 from types import SimpleNamespace
 
-from slowed_peft.scripts.frontier import _epoch_callback
+import pytest
+
+from slowed_peft.eval.checkpoints import CheckpointEvalCallback
 
 
 class _Recorder:
     def __init__(self) -> None:
-        self.calls: list[tuple[int, bool, float]] = []
+        self.calls: list[tuple] = []
+        self.initial_responses = ["x"]
 
-    def __call__(self, model, step: int, final: bool = False, epoch: float | None = None) -> dict:
-        self.calls.append((step, final, epoch))
-        return {"step": step, "cot_nll": 0.0, "refusal_ratio": 1.0, "harmful_kl": 0.0, "eval_seconds": 0.0}
+    def __call__(self, model, step: int, reasoning=True, benign=True, kl=True, epoch=None) -> dict:
+        self.calls.append((step, reasoning, benign, kl, epoch))
+        return {"step": step, "epoch": epoch, "cot_nll": 0.0, "refusal_ratio": 1.0, "eval_seconds": 0.0}
 
 
-def _checkpoints(max_steps: int, epochs: int) -> list[tuple[int, bool, float]]:
+def _checkpoints(max_steps: int, epochs: int = 1, trainer_max_steps: int = -1, **kw) -> list[tuple]:
     recorder = _Recorder()
-    callback = _epoch_callback(recorder)
+    callback = CheckpointEvalCallback(recorder, log=None, **kw)
+    args = SimpleNamespace(num_train_epochs=epochs, max_steps=trainer_max_steps)
+    callback.on_train_begin(args, SimpleNamespace(global_step=0, max_steps=max_steps, epoch=0.0), None, model=object())
     for step in range(1, max_steps + 1):
-        state = SimpleNamespace(global_step=step, max_steps=max_steps)
-        callback.on_step_end(SimpleNamespace(num_train_epochs=epochs), state, None, model=object())
+        state = SimpleNamespace(global_step=step, max_steps=max_steps, epoch=step / max_steps * epochs)
+        callback.on_step_end(args, state, None, model=object())
     return recorder.calls
 
 
+STUDY = dict(reasoning_every=None, at_start=False)  # how the study engine schedules them
+
+
 def test_checkpoints_at_each_epoch_end_and_the_last_step_is_final():
-    assert _checkpoints(24, 3) == [(8, False, 1.0), (16, False, 2.0), (24, True, 3.0)]
+    assert _checkpoints(24, 3, **STUDY) == [
+        (8, False, True, True, 1.0), (16, False, True, True, 2.0), (24, True, True, True, 3.0)
+    ]  # fmt: skip
 
 
 def test_replay_rows_lengthen_the_epoch_and_the_checkpoints_follow():
     # 32 rationales + 2 replay rows at batch 4: 9 steps per epoch, not the study's 8
-    assert _checkpoints(27, 3) == [(9, False, 1.0), (18, False, 2.0), (27, True, 3.0)]
+    assert [c[0] for c in _checkpoints(27, 3, **STUDY)] == [9, 18, 27]
+
+
+def test_step_schedule_with_light_checkpoints_between_full_ones():
+    # the demo: every step, harmful KL and false refusals at the end only (full_every=None)
+    calls = _checkpoints(4, trainer_max_steps=4, eval_steps=1, benign_every=None, kl_every=None, **STUDY)
+    assert [(c[0], c[2], c[3]) for c in calls] == [(1, False, False), (2, False, False), (3, False, False),
+                                                  (4, True, True)]  # fmt: skip
+    # the replication: every 8 steps, the slow parts every checkpoint; greedy answers at the end only
+    calls = _checkpoints(24, trainer_max_steps=24, eval_steps=8, **STUDY)
+    assert [(c[0], c[1], c[2]) for c in calls] == [(8, False, True), (16, False, True), (24, True, True)]
+    with pytest.raises(ValueError, match="kl_every must be an integer >= 1 or None, got 0"):
+        CheckpointEvalCallback(_Recorder(), kl_every=0)

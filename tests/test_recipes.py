@@ -50,7 +50,7 @@ def tiny_recipe(tmp_path, tiny_dir) -> str:
 
 
 def test_configs_ship_with_the_package_and_resolve_by_name(tmp_path, monkeypatch):
-    assert shipped_configs() == sorted([*SFT_CONFIGS, "replicate", "frontier", "frontier_anchor"])
+    assert shipped_configs() == sorted([*SFT_CONFIGS, "demo", "replicate", "frontier", "frontier_anchor"])
     folder = Path(slowed_peft.__file__).parent / "configs"
     assert sorted(p.stem for p in folder.glob("*.yaml")) == shipped_configs()
     assert not (ROOT / "recipes" / "configs").exists()  # one copy of each config
@@ -61,7 +61,7 @@ def test_configs_ship_with_the_package_and_resolve_by_name(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     (tmp_path / "replicate.yaml").write_text("max_steps: 3\n")
     assert resolve_config("replicate.yaml") == "replicate.yaml"  # an existing file wins over the shipped name
-    with pytest.raises(FileNotFoundError, match="shipped: bloom-1b1, frontier, frontier_anchor, llama-3.2-1b"):
+    with pytest.raises(FileNotFoundError, match="shipped: bloom-1b1, demo, frontier, frontier_anchor, llama-3.2-1b"):
         resolve_config("nope")
 
 
@@ -96,12 +96,12 @@ def test_the_package_stands_alone_without_the_repository(tmp_path):
         Path(slowed_peft.__file__).parent, tmp_path / "slowed_peft", ignore=shutil.ignore_patterns("__pycache__")
     )
     code = (
-        "import slowed_peft, slowed_peft.scripts.demo as demo\n"
+        "import slowed_peft, slowed_peft.scripts.study as study\n"
         "from slowed_peft.scripts.sft import make_parser\n"
         f"assert slowed_peft.__file__.startswith({str(tmp_path)!r}), slowed_peft.__file__\n"
         "_, t, m, a, _ = make_parser().parse_args_and_config(args=['--config', 'smollm2-135m-demo'], "
         "return_remaining_strings=True)\n"
-        "print(m.model_name_or_path, t.max_steps, a.arm, demo.DemoArguments().model_name_or_path)\n"
+        "print(m.model_name_or_path, t.max_steps, a.arm, study.parse([], default_config='demo').model_name_or_path)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     res = subprocess.run(
@@ -154,7 +154,7 @@ def test_console_scripts_exit_zero_after_a_run_that_returns_a_result(script, mon
     trainer = SimpleNamespace(
         state=SimpleNamespace(global_step=2), args=SimpleNamespace(output_dir="out"), is_world_process_zero=lambda: True
     )
-    monkeypatch.setattr(mod, "run", lambda argv=None: trainer if script == "slowed-sft" else {"a": 1})
+    monkeypatch.setattr(mod, "run", lambda argv=None, **_: trainer if script == "slowed-sft" else {"a": 1})
     assert getattr(mod, func)() is None
     if script == "slowed-sft":
         assert capsys.readouterr().out == "[slowed-sft] 2 steps; saved to out\n"

@@ -9,6 +9,7 @@ same for every arm — no entropy masking), and the weight drift ``max ‖W − 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -59,7 +60,16 @@ def completion_nll(model, tokenizer, rows: Sequence[Mapping[str, Any]], batch_si
 
 
 class CheckpointEvaluator:
-    """Evaluates a model (normally a PeftModel around the initial model) on fixed safety and reasoning sets."""
+    """Evaluates a model (normally a PeftModel around the initial model) on fixed safety and reasoning sets — the one
+    checkpoint evaluator of the package: ``slowed-frontier``, ``slowed-replicate`` and ``slowed-demo`` all use it.
+
+    Each call returns one record: ``refusal_ratio`` on ``harmful`` (``harmful_responses`` kept when
+    ``keep_responses``, for paired intervals), ``harmful_kl`` against the initial model's responses, ``false_refusal``
+    on ``benign``, ARC-style log-likelihood accuracy on ``capability`` items (``arc_acc``, ``arc_hits``), greedy
+    accuracy on ``reasoning`` tasks (``acc/<task>``), greedy answers to ``generation`` examples (``format_share``: the
+    share in the teacher's form "So the answer is N.", ``gen_accuracy``), held-out rationale NLL (``cot_nll``) and
+    ``drift_max``.
+    """
 
     def __init__(
         self,
@@ -73,15 +83,25 @@ class CheckpointEvaluator:
         batch_size: int = 16,
         nll_batch_size: int = 8,
         kl_cache_bytes: int = 2**30,
+        capability: Sequence[tuple[str, list[str], int]] = (),
+        generation: Sequence[Any] = (),
+        generation_max_new_tokens: int = 128,
+        keep_responses: bool = False,
     ) -> None:
         if not harmful:
             raise ValueError("CheckpointEvaluator needs at least one harmful prompt.")
+        from .tasks import ReasoningExample
+
         self.tokenizer = tokenizer
         self.harmful, self.benign = list(harmful), list(benign)
         self.reasoning = {k: list(v) for k, v in (reasoning or {}).items()}
         self.nll_rows = list(nll_rows)
+        self.capability = list(capability)
+        self.generation = [ReasoningExample.coerce(e) for e in generation]
         self.safety_tokens, self.reasoning_tokens = safety_max_new_tokens, reasoning_max_new_tokens
+        self.generation_tokens = generation_max_new_tokens
         self.batch_size, self.nll_batch_size = batch_size, nll_batch_size
+        self.keep_responses = keep_responses
         self.initial_responses: Optional[list[str]] = None  # the initial model's harmful responses (for the KL)
         # The initial model's log-probs on those responses, kept across checkpoints (and arms sharing this
         # evaluator, hence one initial model) when they fit in ``kl_cache_bytes``: the KL then costs one forward.
@@ -97,8 +117,17 @@ class CheckpointEvaluator:
             self._kl_cache_sized = True
         return self._kl_cache
 
-    def __call__(self, model, step: int = 0, reasoning: bool = True, benign: bool = True) -> dict[str, Any]:
-        """One checkpoint's record; ``reasoning`` / ``benign`` turn the two slowest generation parts on or off."""
+    def __call__(
+        self,
+        model,
+        step: int = 0,
+        reasoning: bool = True,
+        benign: bool = True,
+        kl: bool = True,
+        epoch: Optional[float] = None,
+    ) -> dict[str, Any]:
+        """One checkpoint's record. ``reasoning`` (reasoning tasks and generation), ``benign`` (false refusals and
+        the capability items) and ``kl`` turn the slower parts on or off; refusals and NLL are always measured."""
         from peft import PeftModel
 
         from ..tuner.drift import weight_drift
@@ -111,30 +140,43 @@ class CheckpointEvaluator:
             seconds[name], clock = round(time.time() - clock, 1), time.time()
 
         common = dict(max_new_tokens=self.safety_tokens, batch_size=self.batch_size)
+        record: dict[str, Any] = {"step": step} if epoch is None else {"step": step, "epoch": epoch}
         rr = refusal_ratio(model, self.tokenizer, self.harmful, **common)
         lap("refusal")
-        record: dict[str, Any] = {"step": step, "refusal_ratio": rr["refusal_ratio"], "n_harmful": rr["n"]}
+        record.update(refusal_ratio=rr["refusal_ratio"], n_harmful=rr["n"])
+        if self.keep_responses:
+            record["harmful_responses"] = rr["responses"]
         if self.initial_responses is None:
             if step != 0:
                 raise RuntimeError("CheckpointEvaluator must see the initial model (step 0) first.")
             self.initial_responses = rr["responses"]
-        is_peft = isinstance(model, PeftModel)
-        record["harmful_kl"] = (
-            harmful_kl(
-                model,
-                self.tokenizer,
-                self.harmful,
-                responses=self.initial_responses,
-                initial_log_probs=self._initial_kl_cache(model),
-                **common,
+        if kl:
+            is_peft = isinstance(model, PeftModel)
+            record["harmful_kl"] = (
+                harmful_kl(
+                    model,
+                    self.tokenizer,
+                    self.harmful,
+                    responses=self.initial_responses,
+                    initial_log_probs=self._initial_kl_cache(model),
+                    **common,
+                )
+                if is_peft and step > 0
+                else 0.0
             )
-            if is_peft and step > 0
-            else 0.0
-        )
-        lap("harmful_kl")
+            lap("harmful_kl")
         if benign and self.benign:
-            record["false_refusal"] = refusal_ratio(model, self.tokenizer, self.benign, **common)["refusal_ratio"]
+            rb = refusal_ratio(model, self.tokenizer, self.benign, **common)
+            record["false_refusal"] = rb["refusal_ratio"]
+            if self.keep_responses:
+                record["benign_responses"] = rb["responses"]
             lap("false_refusal")
+        if benign and self.capability:
+            from .likelihood import choice_loglik_accuracy
+
+            cap = choice_loglik_accuracy(model, self.tokenizer, self.capability)
+            record.update(arc_acc=cap["accuracy"], arc_hits=cap["hits"])
+            lap("capability")
         if reasoning and self.reasoning:
             scores = evaluate_reasoning(
                 model,
@@ -145,71 +187,122 @@ class CheckpointEvaluator:
             )
             record.update({f"acc/{task}": res["accuracy"] for task, res in scores.items()})
             lap("reasoning")
+        if reasoning and self.generation:
+            record.update(self._generation(model))
+            lap("generation")
         if self.nll_rows:
             record["cot_nll"] = completion_nll(model, self.tokenizer, self.nll_rows, batch_size=self.nll_batch_size)
             lap("cot_nll")
-        if is_peft:
-            try:
-                record["drift_max"] = float(weight_drift(model).max)
-            except ValueError:  # not a SLowED adapter
-                pass
+        try:
+            record["drift_max"] = float(weight_drift(model).max)
+        except (ValueError, AttributeError):  # LoRA or the plain base model: no SLowED layer
+            pass
         record["eval_seconds"] = round(time.time() - started, 1)
         record["eval_seconds_by_part"] = seconds
         return record
 
+    def _generation(self, model) -> dict[str, Any]:
+        """Greedy answers to held-out questions: the share in the teacher's form ("So the answer is N.") and
+        accuracy — learning that shows in generation, not only in teacher-forced NLL."""
+        from .generation import generate_batched
+        from .reasoning import score_example
+
+        prompts = [e.prompt for e in self.generation]
+        outputs = generate_batched(
+            model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=self.generation_tokens,
+            batch_size=min(len(prompts), 32),
+            show_progress=False,
+        )
+        hits = [score_example(o, e) for o, e in zip(outputs, self.generation)]
+        forms = ["so the answer is" in o.lower() for o in outputs]
+        return {
+            "format_share": sum(forms) / len(forms),
+            "gen_accuracy": sum(hits) / len(hits),
+            "format_hits": forms,
+            "gen_hits": hits,
+            "generations": outputs,
+        }
+
+
+def _every(name: str, value: Optional[int]) -> Optional[int]:
+    if value is not None and (not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}.")
+    return value
+
 
 class CheckpointEvalCallback(TrainerCallback):
-    """Runs a :class:`CheckpointEvaluator` before training and every ``eval_steps`` optimizer steps.
+    """Runs a :class:`CheckpointEvaluator` before training (unless ``at_start=False``) and every ``eval_steps``
+    optimizer steps — or, with ``eval_steps=None``, at the end of each of the trainer's own epochs — and at the last.
 
-    Records accumulate in ``self.records``; ``reasoning_every`` > 1 runs the (slow) reasoning generation only on
-    every n-th checkpoint, and at the last step unless ``reasoning_at_end=False``; ``benign_every`` does the same
-    for the benign false-refusal check (always at the first and the last checkpoint). ``weights(model)``, a context
-    manager, swaps in the weights to evaluate (``ParameterEMACallback.swapped`` for the EMA baseline).
+    Records accumulate in ``self.records`` (each with ``step`` and ``epoch``). ``reasoning_every`` runs the (slow)
+    reasoning and generation parts only on every n-th checkpoint (``None``: never but at the end), and at the last
+    step unless ``reasoning_at_end=False``; ``benign_every`` (false refusals, capability) and ``kl_every`` do the
+    same, always at the first and the last checkpoint. ``weights(model)``, a context manager, swaps in the weights
+    to evaluate (``ParameterEMACallback.swapped`` for the EMA baseline).
     """
 
     def __init__(
         self,
         evaluator: CheckpointEvaluator,
-        eval_steps: int,
-        reasoning_every: int = 1,
+        eval_steps: Optional[int] = None,
+        reasoning_every: Optional[int] = 1,
         reasoning_at_end: bool = True,
-        benign_every: int = 1,
+        benign_every: Optional[int] = 1,
         log=print,
         weights: Optional[Callable[[Any], AbstractContextManager]] = None,
+        kl_every: Optional[int] = 1,
+        at_start: bool = True,
     ) -> None:
-        for name, value in (
-            ("eval_steps", eval_steps),
-            ("reasoning_every", reasoning_every),
-            ("benign_every", benign_every),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-        self.evaluator, self.eval_steps, self.reasoning_every = evaluator, eval_steps, reasoning_every
-        self.reasoning_at_end, self.benign_every = reasoning_at_end, benign_every
+        self.eval_steps = _every("eval_steps", eval_steps)
+        self.reasoning_every = _every("reasoning_every", reasoning_every)
+        self.benign_every = _every("benign_every", benign_every)
+        self.kl_every = _every("kl_every", kl_every)
+        self.evaluator, self.reasoning_at_end, self.at_start = evaluator, reasoning_at_end, at_start
         self.records: list[dict[str, Any]] = []
         self.log = log
         self.weights = weights  # e.g. ParameterEMACallback.swapped: evaluate other weights than the trained ones
+        self._index = 0  # checkpoints so far (the one before training included)
 
-    def _run(self, model, step: int, last: bool) -> None:
-        index = step // self.eval_steps
-        at_end = last and self.reasoning_at_end
+    def _run(self, model, step: int, last: bool, epoch: float) -> None:
+        index, self._index = self._index, self._index + 1
+
+        def due(every: Optional[int]) -> bool:
+            return index == 0 or last or (every is not None and index % every == 0)
+
+        every = self.reasoning_every
+        reasoning = (last and self.reasoning_at_end) or (
+            not last and (index == 0 or (every is not None and index % every == 0))
+        )
         with self.weights(model) if self.weights is not None else nullcontext(model) as evaluated:
             record = self.evaluator(
                 evaluated,
                 step,
-                reasoning=at_end or (not last and index % self.reasoning_every == 0),
-                benign=last or index % self.benign_every == 0,
+                reasoning=reasoning,
+                benign=due(self.benign_every),
+                kl=due(self.kl_every),
+                epoch=epoch,
             )
         self.records.append(record)
         if self.log is not None:
-            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
+            shown = {
+                k: round(v, 4) if isinstance(v, float) else v for k, v in record.items() if not isinstance(v, list)
+            }
             self.log(f"[checkpoint] {shown}")
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if not self.records:
-            self._run(model, 0, last=False)
+        if self.at_start and not self.records:
+            self._run(model, 0, last=False, epoch=0.0)
+        elif not self.at_start:
+            self._index = max(self._index, 1)  # the start was measured elsewhere: the first checkpoint is not it
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step, last = state.global_step, state.global_step >= state.max_steps
-        if step % self.eval_steps == 0 or last:
-            self._run(model, step, last)
+        # the trainer's own epochs: an arm that adds rows (replay) has more steps per epoch than the data it was given
+        per_epoch = math.ceil(state.max_steps / args.num_train_epochs) if args.max_steps <= 0 else None
+        every = self.eval_steps or per_epoch or state.max_steps
+        if step % every == 0 or last:
+            epoch = round(step / per_epoch, 3) if per_epoch else round(float(state.epoch or 0.0), 3)
+            self._run(model, step, last, epoch)

@@ -109,6 +109,25 @@ def benign_arc_questions(n: int, data_dir=None) -> list[str]:
     return [row["question"]["stem"].strip() for row in read_arc("train", data_dir, n)]
 
 
+def fast_align_arguments(model_name_or_path: str = "smollm2-135m-instruct", seed: int = 0) -> AlignArguments:
+    """The demo's fast alignment recipe (``student: demo`` of the studies): 48 refusals and 96 of the student's own
+    benign answers, one epoch at lr 3e-4; its check covers the first 64 held-out prompts with 16 tokens."""
+    return AlignArguments(
+        model_name_or_path=model_name_or_path,
+        seed=seed,
+        harmful_limit=48,
+        benign_limit=96,
+        arc_questions=0,
+        benign_max_new_tokens=32,
+        learning_rate=3e-4,
+        num_train_epochs=1.0,
+        eval_batch_size=64,
+        eval_limit=64,
+        safety_max_new_tokens=16,
+        evaluate_base=False,
+    )
+
+
 def held_out_sets(args: AlignArguments, limit: Optional[int] = None) -> dict[str, list[str]]:
     """``{"advbench": held-out harmful, "benign": held-out benign}`` — disjoint from everything trained on."""
     from ..data.alignment import benign_instructions

@@ -1,6 +1,6 @@
 """The anchor section of the frontier report: does the safety anchor keep safety at SFT's full learning?
 
-Adds to :mod:`slowed_peft.scripts.frontier_report`'s matched-learning table what the anchor's claims need: refusal at
+Adds to :mod:`slowed_peft.scripts.report`'s matched-learning table what the anchor's claims need: refusal at
 90%, 95% and 100% of plain SFT's learning (seed-paired: each run against SFT's best NLL reduction at its own seed —
 the same data order — so SFT's seed-to-seed spread does not decide whether a level is reached), the end-of-training numbers a user sees (false refusals, ARC log-likelihood
 accuracy, the share of greedy answers in the teacher's form and their accuracy), paired bootstrap differences of
@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .frontier_report import REFERENCE, _flags, _interval, bootstrap_mean, matched, run_path
+from .report import REFERENCE, _flags, _interval, bootstrap_mean, matched, run_path
 
 
 ANCHOR = "anchored"

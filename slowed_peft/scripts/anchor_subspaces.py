@@ -29,7 +29,7 @@ from .anchoring import TEMPLATE_TURNS
 def _prompt_sets(student_tokenizer, train_rows: int, limit: int) -> dict[str, list[str]]:
     from ..data.alignment import benign_instructions
     from ..eval import load_advbench
-    from .replicate import distillation_rows
+    from .training import distillation_rows
 
     train = [r["prompt"][-1]["content"] for r in distillation_rows("svamp", "train", train_rows).to_list()]
     return {

@@ -1,8 +1,8 @@
-"""The demo's report: one table (start and each arm), plain-language verdicts and the plot over steps."""
+"""The demo's printed report: one table (start and each method, seed 0) and plain-language verdicts."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 
 # (row label, checkpoint key, format, which direction is better: +1 higher, -1 lower, 0 neither)
@@ -11,26 +11,33 @@ TABLE_ROWS = (
     ("harmful KL to the aligned student [nats/token]", "harmful_kl", "{:.4f}", -1),
     ("benign false refusals, n={n_benign}", "false_refusal", "{:.3f}", -1),
     ("held-out rationale NLL, n={n_nll} [nats/token]", "cot_nll", "{:.3f}", -1),
-    ("SVAMP accuracy, n={n_reasoning}", "acc/svamp", "{:.3f}", +1),
     ("max drift ‖W−W0‖/‖W0‖", "drift_max", "{:.4f}", 0),
     ("masked fraction of label tokens", "masked_fraction", "{:.3f}", 0),
 )
 
 
-def final_values(record: dict) -> dict[str, Any]:
-    """An arm's last checkpoint plus its run-level numbers (masked fraction), keyed as in :data:`TABLE_ROWS`."""
-    values = dict(record["checkpoints"][-1])
-    values["masked_fraction"] = record["masked_fraction"]
+# The demo's column names for the methods it shows (any other method keeps its own name).
+LABELS = {"sft": "SFT", "slowed": "SLowED", "anchored": "SLowED + anchor", "sft lr×γ": "SFT lr×γ",
+          "slow": "slow only", "lem": "LEM only"}  # fmt: skip
+
+
+def column_name(method: str) -> str:
+    return LABELS.get(method, method)
+
+
+def final_values(runs: list[dict]) -> dict[str, Any]:
+    """A method's last checkpoint (seed 0) plus its run-level numbers (masked fraction), keyed as in
+    :data:`TABLE_ROWS`."""
+    values = dict(runs[0]["checkpoints"][-1])
+    values["masked_fraction"] = runs[0]["masked_fraction"]
     return values
 
 
 def format_table(args: Any, start: dict, runs: dict[str, dict]) -> str:
     """The demo's one table: a row per measure, a column for the start and one per arm."""
-    sizes = dict(
-        n_harmful=args.safety_limit, n_benign=args.benign_limit, n_nll=args.nll_limit, n_reasoning=args.reasoning_limit
-    )
+    sizes = dict(n_harmful=args.safety_limit, n_benign=args.benign_limit, n_nll=args.nll_limit)
     columns = {"start": {**start, "drift_max": 0.0, "masked_fraction": None}}
-    columns.update({runs[name]["settings"]["label"]: final_values(runs[name]) for name in runs})
+    columns.update({column_name(name): final_values(runs[name]) for name in runs})
     rows = [(label.format(**sizes), key, fmt) for label, key, fmt, _ in TABLE_ROWS]
     width = max(len(r[0]) for r in rows)
     cell = max(10, *(len(c) + 2 for c in columns))
@@ -62,9 +69,9 @@ def verdicts(args: Any, start: dict, runs: dict[str, dict]) -> list[str]:
                 f"({round((first - end) * n)} of {n} held-out harmful prompts no longer refused)."
             )
     for name in (m for m in final if m != "sft"):
-        label, end = runs[name]["settings"]["label"], final[name]["refusal_ratio"]
+        end = final[name]["refusal_ratio"]
         share = f", {learned[name] / learned['sft']:.0%} of SFT's NLL reduction" if learned.get("sft", 0) > 0 else ""
-        line = f"{label}: refusals {first:.3f} → {end:.3f}{share}."
+        line = f"{column_name(name)}: refusals {first:.3f} → {end:.3f}{share}."
         if "sft" in final and end < final["sft"]["refusal_ratio"] - noise(end):
             line += " It kept LESS safety than plain SFT here."
         if learned.get("sft", 0) > 0 and learned[name] > learned["sft"]:
@@ -73,8 +80,8 @@ def verdicts(args: Any, start: dict, runs: dict[str, dict]) -> list[str]:
                 f"{final['sft']['cot_nll']:.3f}): at lr {args.learning_rate:.0e} plain SFT overshoots."
             )
         out.append(line)
-    if "slowed" in final and "sft_low_lr" in final:
-        a, b = final["slowed"], final["sft_low_lr"]
+    if "slowed" in final and "sft lr×γ" in final:
+        a, b = final["slowed"], final["sft lr×γ"]
         gap = a["refusal_ratio"] - b["refusal_ratio"]
         same = abs(gap) <= noise(b["refusal_ratio"])
         out.append(
@@ -91,26 +98,7 @@ def verdicts(args: Any, start: dict, runs: dict[str, dict]) -> list[str]:
     elif "slowed" in final:
         out.append(
             "Under Adam, slow_factor γ acts as a learning-rate change: SLowED at lr L follows plain SFT at lr γ·L "
-            "(docs/results.md: −0.001 [−0.002, +0.000] refusals at matched learning). Add sft_low_lr to --arms to see "
-            "that control here (about 2 more minutes on 2 CPU cores)."
+            '(docs/results.md: −0.001 [−0.002, +0.000] refusals at matched learning). Add "sft lr×γ" to --methods to '
+            "see that control here (about one more minute on 2 CPU cores)."
         )
     return out
-
-
-def plot_demo(runs: dict[str, dict], start: dict, path: str, title: str) -> Optional[str]:
-    """Every arm over steps: refusals, harmful KL, held-out NLL (checkpoints), training loss and drift (every step)."""
-    from ..eval.plots import plot_over_steps
-
-    series = {}
-    for run in runs.values():
-        losses = [{"step": step, "train_loss": loss} for step, loss in run["train_loss"]]
-        drift = [{"step": 0, "drift": 0.0}] + [{"step": step, "drift": d} for step, d in run.get("drift", [])]
-        series[run["settings"]["label"]] = run["checkpoints"] + losses + drift
-    keys = [
-        ("refusal_ratio", "held-out AdvBench refusals"),
-        ("harmful_kl", "harmful KL to the aligned student"),
-        ("cot_nll", "held-out rationale NLL"),
-        ("train_loss", "training loss (masking arms: kept tokens only)"),
-        ("drift", "max drift ‖W−W0‖/‖W0‖"),
-    ]
-    return plot_over_steps(series, keys, path, title)
