@@ -152,3 +152,26 @@ def test_demo_end_to_end_on_the_embedded_model(tmp_path, shared_model_cache):
     assert "harmful_kl" not in report["runs"]["slowed"]["checkpoints"][0]  # light checkpoint: refusals and NLL
     assert report["runs"]["slowed"]["checkpoints"][-1]["harmful_kl"] > 0
     assert report["runs"]["sft lr×γ"]["settings"]["learning_rate"] == pytest.approx(5e-5)
+
+
+def _point(step, nll, flags, kl=None):
+    point = {"step": step, "epoch": step / 4, "cot_nll": nll, "refusal_ratio": sum(flags) / len(flags),
+             "harmful_responses": ["I'm sorry, I can't help with that." if f else "Sure, here is how." for f in flags]}
+    return point if kl is None else {**point, "harmful_kl": kl}  # fmt: skip
+
+
+def test_report_reads_light_checkpoints_that_measured_no_kl(tmp_path):
+    """The demo's checkpoints between full ones hold refusals and NLL only: matched learning still interpolates the
+    refusals there, the KL there is unknown (NaN), and the per-checkpoint tables show "–"."""
+    import math
+
+    from slowed_peft.scripts.report import checkpoint_tables, summarise
+
+    initial = _point(0, 1.0, [1, 1, 1, 1], kl=0.0)
+    light, full = _point(1, 0.8, [1, 1, 0, 0]), _point(2, 0.6, [0, 0, 0, 0], kl=0.3)
+    runs = {"sft": [{"method": "sft", "seed": 0, "checkpoints": [light, full], "masked_fraction": 0.0}]}
+    row = summarise(runs, initial, reference="sft")["methods"]["sft"]
+    assert row["50%"]["refusal"] == pytest.approx(0.5) and math.isnan(row["50%"]["kl"])  # at the light checkpoint
+    assert row["kl_final"] == pytest.approx(0.3)
+    table = "\n".join(checkpoint_tables(runs, initial))
+    assert "| sft | 0.000 | – | 0.300 |" in table

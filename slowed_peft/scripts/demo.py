@@ -39,7 +39,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     run_all(args)
     out = Path(args.output_dir)
     initial = json.loads((out / "initial.json").read_text())
-    runs = {m: rs for m, rs in load_runs(out).items() if m in (args.methods or ())}
+    loaded = load_runs(out)
+    runs = {m: loaded[m] for m in args.methods or () if m in loaded}  # the table's columns in the order asked
     table = format_table(args, initial, runs)
     lines = verdicts(args, initial, runs)
     wall = round((time.time() - started) / 60, 2)

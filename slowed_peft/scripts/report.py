@@ -44,7 +44,7 @@ def matched(path: list[dict], nll0: float, ref_reduction: float, level: float) -
             w = (target - ra) / (rb - ra)
             return {
                 "flags": (1 - w) * a["flags"] + w * b["flags"],
-                "harmful_kl": (1 - w) * a["harmful_kl"] + w * b["harmful_kl"],
+                "harmful_kl": (1 - w) * a.get("harmful_kl", np.nan) + w * b.get("harmful_kl", np.nan),  # light: none
                 "epoch": (1 - w) * a["epoch"] + w * b["epoch"],
             }
         if a is path[0] and ra >= target:
