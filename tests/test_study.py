@@ -155,8 +155,13 @@ def test_demo_end_to_end_on_the_embedded_model(tmp_path, shared_model_cache):
 
 
 def _point(step, nll, flags, kl=None):
-    point = {"step": step, "epoch": step / 4, "cot_nll": nll, "refusal_ratio": sum(flags) / len(flags),
-             "harmful_responses": ["I'm sorry, I can't help with that." if f else "Sure, here is how." for f in flags]}
+    point = {
+        "step": step,
+        "epoch": step / 4,
+        "cot_nll": nll,
+        "refusal_ratio": sum(flags) / len(flags),
+        "harmful_responses": ["I'm sorry, I can't help with that." if f else "Sure, here is how." for f in flags],
+    }
     return point if kl is None else {**point, "harmful_kl": kl}  # fmt: skip
 
 
