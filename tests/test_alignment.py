@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pytest
 
 from slowed_peft.data.alignment import (
@@ -185,3 +186,29 @@ def test_full_arm_trains_exactly_like_plain_sft_trainer(tmp_path):
         old_weights["lm_head.weight"],
         AutoModelForCausalLM.from_pretrained(tmp_path / "tiny").state_dict()["lm_head.weight"],
     )
+
+
+def test_concurrent_requests_for_one_student_build_it_once(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from slowed_peft.scripts import align
+
+    calls = []
+
+    def fake_build(args, out, report_path):  # the real one trains for minutes; the locking around it is the point
+        calls.append(out)
+        time.sleep(0.3)
+        report = {"fingerprint": args.fingerprint()}
+        report_path.write_text(json.dumps(report))
+        return str(out), report
+
+    monkeypatch.setattr(align, "_build", fake_build)
+    args = align.AlignArguments(output_dir=str(tmp_path / "student"))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(align.align_student(args))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 2 and results[0] == results[1]

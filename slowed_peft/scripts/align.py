@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -172,18 +174,41 @@ def build_training_set(model, tokenizer, args: AlignArguments):
 
 def align_student(args: AlignArguments) -> tuple[str, dict]:
     """Train (or reuse) the aligned student; returns ``(model folder, report)``."""
+    out = args.resolved_output_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out / ".build.lock"):  # a second process asking for the same student waits, then reuses it
+        report_path = out / REPORT_NAME
+        if report_path.is_file() and not args.force:
+            report = json.loads(report_path.read_text())
+            logger.info(f"Reusing the aligned student in {out} (pass --force to rebuild).")
+            return str(out), report
+        return _build(args, out, report_path)
+
+
+@contextmanager
+def _exclusive(path: Path):
+    """An exclusive lock on ``path`` for the block (POSIX ``flock``; elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: concurrent builds of one student are the user's to avoid
+        yield
+        return
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(args: AlignArguments, out: Path, report_path: Path) -> tuple[str, dict]:
+    """Align the student into ``out``; the report, written last and atomically, marks the folder as finished."""
     import torch
 
     from ..base_models import load_model
     from .arguments import SLowEDArguments
     from .training import train_arm
 
-    out = args.resolved_output_dir()
-    report_path = out / REPORT_NAME
-    if report_path.is_file() and not args.force:
-        report = json.loads(report_path.read_text())
-        logger.info(f"Reusing the aligned student in {out} (pass --force to rebuild).")
-        return str(out), report
     started = clock = time.time()
     seconds: dict[str, float] = {}
 
@@ -232,7 +257,9 @@ def align_student(args: AlignArguments) -> tuple[str, dict]:
         "wall_time_s": round(time.time() - started, 1),
         "seconds_by_part": seconds,
     }
-    report_path.write_text(json.dumps(report, indent=2))
+    tmp = report_path.with_name(f".{report_path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, report_path)  # a kill never leaves half a report (which the next run would take as finished)
     return str(out), report
 
 
