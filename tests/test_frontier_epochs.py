@@ -53,3 +53,31 @@ def test_step_schedule_with_light_checkpoints_between_full_ones():
     assert [(c[0], c[1], c[2]) for c in calls] == [(8, False, True), (16, False, True), (24, True, True)]
     with pytest.raises(ValueError, match="kl_every must be an integer >= 1 or None, got 0"):
         CheckpointEvalCallback(_Recorder(), kl_every=0)
+
+
+def test_records_given_before_training_make_the_next_checkpoint_a_later_one():
+    # the old replication's pattern: the start is prepended, at_start stays True; step 8 is then a light checkpoint
+    recorder = _Recorder()
+    callback = CheckpointEvalCallback(recorder, eval_steps=8, reasoning_every=4, benign_every=4, kl_every=4, log=None)
+    callback.records.append({"step": 0})
+    args = SimpleNamespace(num_train_epochs=1, max_steps=24)
+    callback.on_train_begin(args, SimpleNamespace(global_step=0, max_steps=24, epoch=0.0), None, model=object())
+    for step in range(1, 25):
+        state = SimpleNamespace(global_step=step, max_steps=24, epoch=step / 200)  # 24 of 800 rows: 0.12 epochs
+        callback.on_step_end(args, state, None, model=object())
+    assert [c[:4] for c in recorder.calls] == [
+        (8, False, False, False),
+        (16, False, False, False),
+        (24, True, True, True),
+    ]
+    assert recorder.calls[-1][4] == 0.12
+
+
+def test_a_step_budget_longer_than_an_epoch_checkpoints_at_each_epoch_end():
+    recorder = _Recorder()
+    callback = CheckpointEvalCallback(recorder, reasoning_every=None, at_start=False, log=None)
+    args = SimpleNamespace(num_train_epochs=3.0, max_steps=600)  # the trainer's num_train_epochs is ignored then
+    for step in range(1, 601):
+        state = SimpleNamespace(global_step=step, max_steps=600, epoch=step / 200, num_train_epochs=3)
+        callback.on_step_end(args, state, None, model=object())
+    assert [(c[0], c[4]) for c in recorder.calls] == [(200, 1.0), (400, 2.0), (600, 3.0)]

@@ -180,3 +180,16 @@ def test_report_reads_light_checkpoints_that_measured_no_kl(tmp_path):
     assert row["kl_final"] == pytest.approx(0.3)
     table = "\n".join(checkpoint_tables(runs, initial))
     assert "| sft | 0.000 | – | 0.300 |" in table
+
+
+def test_report_without_the_reference_run_gives_the_checkpoint_tables_instead_of_failing(tmp_path):
+    """One method of a study run on its own (a chain of single-run invocations) has no learning scale yet."""
+    from slowed_peft.scripts.report import write_report
+
+    initial = _point(0, 1.0, [1, 1, 1, 1], kl=0.0)
+    runs = {"slowed": [{"method": "slowed", "seed": 0, "checkpoints": [_point(4, 0.8, [1, 1, 1, 0], kl=0.1)],
+                        "masked_fraction": 0.5}]}  # fmt: skip
+    summary = write_report(StudyArguments(), tmp_path, initial, runs)
+    report = (tmp_path / "results.md").read_text()
+    assert summary["methods"] == {} and "'sft lr=1e-4' has no finished run" in report
+    assert "| slowed | 1.000 | 0.750 |" in report

@@ -1,6 +1,7 @@
 """Both sides of the trade-off at training checkpoints: a ``TrainerCallback`` that evaluates during training.
 
-At step 0 and every ``eval_steps`` steps (and at the last step) :class:`CheckpointEvaluator` records, on a PeftModel:
+At step 0, then every ``eval_steps`` steps or at every epoch end (and at the last step) :class:`CheckpointEvaluator`
+records, on a PeftModel:
 refusal ratio on held-out harmful prompts, ``harmful_kl`` against the initial model (its step-0 responses are reused,
 so the KL never regenerates them), false refusals on benign prompts, greedy-decoding accuracy on reasoning examples,
 teacher-forced NLL of held-out teacher rationales (a low-noise measure of how much of the teacher was learned, and the
@@ -295,14 +296,15 @@ class CheckpointEvalCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.at_start and not self.records:
             self._run(model, 0, last=False, epoch=0.0)
-        elif not self.at_start:
-            self._index = max(self._index, 1)  # the start was measured elsewhere: the first checkpoint is not it
+        # the start measured elsewhere (at_start=False) or given as records: the next checkpoint is not the first
+        self._index = max(self._index, len(self.records), 0 if self.at_start else 1)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step, last = state.global_step, state.global_step >= state.max_steps
-        # the trainer's own epochs: an arm that adds rows (replay) has more steps per epoch than the data it was given
-        per_epoch = math.ceil(state.max_steps / args.num_train_epochs) if args.max_steps <= 0 else None
-        every = self.eval_steps or per_epoch or state.max_steps
-        if step % every == 0 or last:
-            epoch = round(step / per_epoch, 3) if per_epoch else round(float(state.epoch or 0.0), 3)
-            self._run(model, step, last, epoch)
+        # the trainer's own epochs: an arm that adds rows (replay) has more steps per epoch than the data it was given;
+        # with max_steps the trainer counts the epochs it will start (state.num_train_epochs)
+        epochs = getattr(state, "num_train_epochs", 0) or args.num_train_epochs
+        per_epoch = math.ceil(state.max_steps / epochs)
+        if step % (self.eval_steps or per_epoch) == 0 or last:
+            epoch = step / per_epoch if self.eval_steps is None else float(state.epoch or step / per_epoch)
+            self._run(model, step, last, round(epoch, 3))

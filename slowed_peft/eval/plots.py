@@ -94,36 +94,3 @@ def plot_over_steps(
     axes[0][0].legend(fontsize=8)
     _save(plt, fig, path, title)
     return path
-
-
-def plot_tradeoff(
-    paths: Mapping[str, Sequence[Mapping[str, Any]]],
-    points: Mapping[str, Mapping[str, Any]],
-    path: str,
-    x: tuple[str, str],
-    panels: Sequence[tuple[str, str]],
-    title: str = "",
-) -> str:
-    """Reasoning-vs-safety plane: one line per run through its checkpoint records (``paths``), one marker per
-    end-of-run record (``points``); one panel per ``(key, label)`` in ``panels`` against ``x = (key, label)``."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.2), squeeze=False)
-    for ax, (key, label) in zip(axes[0], panels):
-        for name, records in paths.items():
-            pts = [(r[x[0]], r[key]) for r in records if r.get(x[0]) is not None and r.get(key) is not None]
-            if pts:
-                line = ax.plot(*zip(*pts), marker="o", markersize=3, label=name)[0]
-                ax.annotate(
-                    name, pts[-1], textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color()
-                )
-        for name, record in points.items():
-            if record.get(x[0]) is not None and record.get(key) is not None:
-                ax.scatter([record[x[0]]], [record[key]], marker="x", s=40)
-                ax.annotate(name, (record[x[0]], record[key]), textcoords="offset points", xytext=(4, -10), fontsize=7)
-        ax.invert_xaxis()  # training moves right: lower NLL = more of the teacher learned
-        ax.set_xlabel(x[1])
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    _save(plt, fig, path, title)
-    return path

@@ -146,7 +146,7 @@ def safety_summary(model, tokenizer, sets: dict[str, list[str]], max_new_tokens:
     out = {}
     for name, prompts in sets.items():
         rr = refusal_ratio(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        # every response kept: the demo reuses them as its start checkpoint (same prompts, same length)
+        # every response kept, so the report shows what the aligned student answers
         out[name] = {"refusal_ratio": rr["refusal_ratio"], "n": rr["n"], "responses": rr["responses"]}
     return out
 

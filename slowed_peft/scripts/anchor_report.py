@@ -22,11 +22,13 @@ NO_REFUSAL_BASELINES = ("sft lr=1e-4", "sft lr=1e-5", "lora r=16", "ema", "corda
 LEVELS = (0.9, 0.95, 1.0)
 
 
-def seed_references(runs: dict[str, list[dict]], initial: dict, ref_reduction: float) -> dict[int, float]:
+def seed_references(
+    runs: dict[str, list[dict]], initial: dict, ref_reduction: float, reference: str = REFERENCE
+) -> dict[int, float]:
     """SFT's best held-out NLL reduction per seed (the same data order as every method's run of that seed); a seed
     without an SFT run falls back to ``ref_reduction`` (the mean over SFT's seeds)."""
     nll0 = initial["cot_nll"]
-    refs = {r["seed"]: max(nll0 - c["cot_nll"] for c in r["checkpoints"]) for r in runs.get(REFERENCE, [])}
+    refs = {r["seed"]: max(nll0 - c["cot_nll"] for c in r["checkpoints"]) for r in runs.get(reference, [])}
     return defaultdict(lambda: ref_reduction, refs)
 
 
@@ -35,10 +37,12 @@ def _mean(values: list) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def end_rows(runs: dict[str, list[dict]], initial: dict, ref_reduction: float) -> dict[str, dict[str, Any]]:
+def end_rows(
+    runs: dict[str, list[dict]], initial: dict, ref_reduction: float, reference: str = REFERENCE
+) -> dict[str, dict[str, Any]]:
     """Per method, the last checkpoint's numbers (mean over seeds) and the best learning reached."""
     nll0 = initial["cot_nll"]
-    ref = seed_references(runs, initial, ref_reduction)
+    ref = seed_references(runs, initial, ref_reduction, reference)
     rows = {}
     for method, seeds in runs.items():
         finals = [r["checkpoints"][-1] for r in seeds]
@@ -78,12 +82,14 @@ def end_difference(runs: dict[str, list[dict]], a: str, b: str, key: str = "harm
     return float(np.mean([x.mean() for x in fa]) - np.mean([x.mean() for x in fb])), lo, hi
 
 
-def matched_refusals(runs: dict[str, list[dict]], initial: dict, ref_reduction: float) -> dict[str, dict]:
+def matched_refusals(
+    runs: dict[str, list[dict]], initial: dict, ref_reduction: float, reference: str = REFERENCE
+) -> dict[str, dict]:
     """Refusal (with a 95% bootstrap interval) where each method first reaches 90% / 95% / 100% of SFT's learning at
     the same seed."""
     out: dict[str, dict] = {}
     rng = np.random.default_rng(0)
-    ref = seed_references(runs, initial, ref_reduction)
+    ref = seed_references(runs, initial, ref_reduction, reference)
     for method, seeds in runs.items():
         paths = [(run_path(r, initial), ref[r["seed"]]) for r in seeds]
         out[method] = {}
@@ -113,12 +119,14 @@ def matched_difference(levels: dict, a: str, b: str) -> Optional[tuple[float, fl
     return None
 
 
-def anchor_section(runs: dict[str, list[dict]], initial: dict, ref_reduction: float) -> list[str]:
+def anchor_section(
+    runs: dict[str, list[dict]], initial: dict, ref_reduction: float, reference: str = REFERENCE
+) -> list[str]:
     """Markdown lines: the end-of-training table, refusal at 90/100% learning, paired differences, verdicts."""
     from ..eval.report import format_value as f
 
-    rows = end_rows(runs, initial, ref_reduction)
-    levels = matched_refusals(runs, initial, ref_reduction)
+    rows = end_rows(runs, initial, ref_reduction, reference)
+    levels = matched_refusals(runs, initial, ref_reduction, reference)
     start = initial["refusal_ratio"]
     lines = [
         "## The safety anchor",
@@ -163,12 +171,12 @@ def anchor_section(runs: dict[str, list[dict]], initial: dict, ref_reduction: fl
             cells.append("–" if d is None else f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
         lines.append(f"| {other} | {' | '.join(cells)} |")
     lines += ["", "Verdicts (the target of the anchor issue):", ""] + [
-        f"- {v}" for v in verdicts(runs, rows, levels, initial)
+        f"- {v}" for v in verdicts(runs, rows, levels, initial, reference)
     ]
     return lines
 
 
-def verdicts(runs: dict, rows: dict, levels: dict, initial: dict) -> list[str]:
+def verdicts(runs: dict, rows: dict, levels: dict, initial: dict, reference: str = REFERENCE) -> list[str]:
     """One line per claim, with the numbers; 'not measured' where the runs are missing."""
     from ..eval.report import format_value as f
 
@@ -196,7 +204,7 @@ def verdicts(runs: dict, rows: dict, levels: dict, initial: dict) -> list[str]:
     # at matched learning (the highest level both reach): a baseline that learns less must not pass for safer; a
     # baseline that never reaches 90% of SFT's learning is compared at the end of training, and the line says so
     beaten = []
-    for base in NO_REFUSAL_BASELINES:
+    for base in dict.fromkeys((reference, *NO_REFUSAL_BASELINES)):
         if base not in runs:
             continue
         m = matched_difference(levels, ANCHOR, base)
@@ -234,11 +242,11 @@ def verdicts(runs: dict, rows: dict, levels: dict, initial: dict) -> list[str]:
             f"{'holds' if abs(a['arc_acc'] - arc0) <= 2 * se else 'does not hold'}** — {f(a['arc_acc'])} vs start "
             f"{f(arc0)} (±{2 * se:.3f}, 2 binomial SE, n = {n})."
         )
-    if REFERENCE in rows and not np.isnan(a["format_share"]):
+    if reference in rows and not np.isnan(a["format_share"]):
         out.append(
-            f"**Learning shows in generation: {'holds' if a['format_share'] >= rows[REFERENCE]['format_share'] - 0.1 else 'does not hold'}"
-            f"** — greedy answers in the teacher's form {f(a['format_share'])} (SFT {f(rows[REFERENCE]['format_share'])}, "
+            f"**Learning shows in generation: {'holds' if a['format_share'] >= rows[reference]['format_share'] - 0.1 else 'does not hold'}"
+            f"** — greedy answers in the teacher's form {f(a['format_share'])} (SFT {f(rows[reference]['format_share'])}, "
             f"start {f(initial.get('format_share', float('nan')))}); accuracy {f(a['gen_accuracy'])} (SFT "
-            f"{f(rows[REFERENCE]['gen_accuracy'])})."
+            f"{f(rows[reference]['gen_accuracy'])})."
         )
     return out

@@ -101,11 +101,10 @@ def main() -> None:
 
     from .. import SLowEDConfig, fit_anchor
     from ..base_models import load_model
-    from .align import AlignArguments, align_student, held_out_sets
-    from .demo import DemoArguments
+    from .align import AlignArguments, align_student, fast_align_arguments, held_out_sets
 
     started = time.time()
-    student, _ = align_student(DemoArguments().align_arguments())
+    student, _ = align_student(fast_align_arguments())
     base, tokenizer = load_model(student)
     model = get_peft_model(base, SLowEDConfig(target_modules="all-linear", anchor_rank=args.anchor_rank))
     sets = _prompt_sets(tokenizer, args.train_rows, args.limit)

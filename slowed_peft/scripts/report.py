@@ -285,6 +285,11 @@ def write_report(args, out: Path, initial: dict, runs: dict[str, list[dict]]) ->
     from ..eval.report import format_value as f
 
     reference = getattr(args, "reference", REFERENCE)
+    if reference not in runs:  # e.g. one method of a study run on its own: no learning scale yet
+        note = (f"The reference method {reference!r} has no finished run in {out}, so learning cannot be put on its "
+                "scale yet: per-checkpoint numbers only.")  # fmt: skip
+        (out / "results.md").write_text("\n".join([note, "", *checkpoint_tables(runs, initial)]) + "\n")
+        return {"reference": reference, "methods": {}}
     summary = summarise(runs, initial, reference=reference)
     summary["start_refusal"] = initial["refusal_ratio"]
     plot(summary, runs, initial, out)

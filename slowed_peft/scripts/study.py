@@ -245,6 +245,7 @@ def run_all(args: StudyArguments) -> dict:
     held_out = _held_out(args)  # no data folder: the clear error now, before minutes of work
     plan = args.plan()
     done = {r for r in plan if reusable(run_file(out, *r), args)}  # before any work: other arguments raise here
+    reusable(out / "initial.json", args)
     print("[1/3] aligned student ...", flush=True)
     student, alignment = _aligned_student(args)
     initial = initial_checkpoint(args, student, held_out)
@@ -271,9 +272,15 @@ def run_all(args: StudyArguments) -> dict:
         worker(args, student, initial, torch.get_num_threads())
     runs = load_runs(out)
     summary = write_report(args, out, initial, runs)
-    if ANCHOR in runs:  # the anchor's claims: 100% of SFT's learning, generation, capability, paired differences
+    if ANCHOR in runs and summary.get("ref_reduction"):  # the anchor's claims: learning, generation, differences
+        section = anchor_section(runs, initial, summary["ref_reduction"], args.reference)
         with open(out / "results.md", "a") as f:
-            f.write("\n" + "\n".join(anchor_section(runs, initial, summary["ref_reduction"])) + "\n")
+            f.write("\n" + "\n".join(section) + "\n")
+    if args.save_adapter in runs and not (out / "adapter" / "adapter_model.safetensors").is_file():
+        logger.warning(
+            f"No adapter in {out / 'adapter'}: the {args.save_adapter!r} run was reused from an earlier invocation "
+            f"that did not save it. Remove {run_file(out, args.save_adapter, args.seeds[0])} to train and save it."
+        )
     summary["wall_time_min_this_invocation"] = round((time.time() - started) / 60, 1)
     return summary
 

@@ -152,7 +152,8 @@ class StudyArguments:
             self.safety_max_new_tokens, self.eval_batch_size = 8, 16
             if self.max_steps is not None:  # a step-budget config (replicate, demo): 2 steps, a checkpoint each
                 self.max_steps, self.eval_steps = 2, 1
-            self.generation_limit, self.generation_max_new_tokens = min(self.generation_limit, 2), 16
+            if self.generation_limit:
+                self.generation_limit, self.generation_max_new_tokens = min(self.generation_limit, 2), 16
             self.capability_limit = min(self.capability_limit, 4)
 
     @staticmethod
