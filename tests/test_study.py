@@ -147,7 +147,7 @@ def test_demo_end_to_end_on_the_embedded_model(tmp_path, shared_model_cache):
     report = run(["--quick", "true", "--output_dir", str(tmp_path), *methods])
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists() and (tmp_path / "over_steps.png").exists()
     saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["table"] == report["table"] and "SFT lr×γ" in report["table"] and len(saved["verdicts"]) == 3
+    assert saved["table"] == report["table"] and "SFT lr×γ" in report["table"] and len(saved["verdicts"]) == 4
     assert [c["step"] for c in report["runs"]["slowed"]["checkpoints"]] == [1, 2]
     assert "harmful_kl" not in report["runs"]["slowed"]["checkpoints"][0]  # light checkpoint: refusals and NLL
     assert report["runs"]["slowed"]["checkpoints"][-1]["harmful_kl"] > 0
