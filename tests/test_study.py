@@ -29,7 +29,7 @@ def test_replicate_config_is_the_papers_four_arms_on_a_step_budget():
 def test_demo_config_is_a_small_study_with_a_checkpoint_every_step():
     args = parse([], default_config="demo")
     assert args.methods == ["sft", "slowed", "anchored"] and args.seeds == [0] and args.student == "demo"
-    assert (args.max_steps, args.eval_steps, args.full_every, args.train_rows) == (4, 1, None, 16)
+    assert (args.max_steps, args.eval_steps, args.full_every, args.train_rows) == (4, 2, None, 16)
     assert args.reference == "sft" and args.save_adapter == "slowed" and args.learning_rate == 5e-4
 
 
