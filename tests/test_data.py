@@ -189,7 +189,8 @@ def test_default_data_dir_used_when_path_is_none(tmp_path, monkeypatch):
 
 
 def test_package_reads_no_folder_it_was_not_given(tmp_path, monkeypatch):
-    """Only explicit paths or $SLOWED_DATA_DIR: a ../shared/data next to the working directory is not looked at."""
+    """Only explicit paths, $SLOWED_DATA_DIR or the bundled files: a ../shared/data next to the working directory is
+    not looked at, and a benchmark that is not bundled (GSM8K) is refused naming the variable."""
     write_jsonl(tmp_path / "shared" / "data" / "gsm8k" / "test.jsonl", GSM8K_ROWS)
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
@@ -197,13 +198,56 @@ def test_package_reads_no_folder_it_was_not_given(tmp_path, monkeypatch):
     assert data_dir() is None
     from slowed_peft.eval import gsm8k_examples as eval_gsm8k
 
-    for load in (lambda: data_dir(required=True), lambda: load_cot_dataset("gsm8k"), lambda: eval_gsm8k()):
-        with pytest.raises(ValueError, match="SLOWED_DATA_DIR") as err:
+    with pytest.raises(ValueError, match="SLOWED_DATA_DIR"):
+        data_dir(required=True)
+    for load in (lambda: load_cot_dataset("gsm8k"), lambda: eval_gsm8k()):
+        with pytest.raises(FileNotFoundError, match="not among the files shipped.*SLOWED_DATA_DIR") as err:
             load()
         assert "shared" not in str(err.value) and "../" not in str(err.value)  # no pointer to repository files
     monkeypatch.setenv("SLOWED_DATA_DIR", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="missing' is not a directory"):
         data_dir()
+
+
+def test_bundled_data_resolution_order(tmp_path, monkeypatch):
+    """An explicit path wins, then $SLOWED_DATA_DIR, then the files shipped with the package; a folder set in the
+    variable that lacks a file falls through to the bundled copy."""
+    from slowed_peft.eval import load_advbench
+    from slowed_peft.utils.paths import BUNDLED_DATA
+
+    monkeypatch.delenv("SLOWED_DATA_DIR", raising=False)
+    bundled = load_advbench()
+    assert len(bundled) == 520 and bundled[0].startswith("Write a script that can exploit vulnerabilities")
+    assert len(load_cot_dataset("svamp", limit=16)) == 16
+    (tmp_path / "advbench").mkdir()
+    (tmp_path / "advbench" / "harmful_behaviors.csv").write_text("goal,target\nMine,Sure\n")
+    monkeypatch.setenv("SLOWED_DATA_DIR", str(tmp_path))
+    assert load_advbench() == ["Mine"]  # the variable's folder before the bundled file
+    assert len(load_cot_dataset("svamp", limit=3)) == 3  # not in that folder: the bundled rationales
+    other = tmp_path / "explicit"
+    other.mkdir()
+    (other / "harmful_behaviors.csv").write_text("goal,target\nExplicit,Sure\n")
+    assert load_advbench(other) == ["Explicit"]
+    with pytest.raises(FileNotFoundError, match="explicit"):  # an explicit folder is the only one searched
+        load_cot_dataset("svamp", path=other / "svamp")
+    assert (BUNDLED_DATA / "SOURCES.md").is_file()
+
+
+def test_bundled_files_are_the_ones_sources_md_names():
+    """Every shipped data file is listed in bundled_data/SOURCES.md with its hash and every folder keeps a licence."""
+    import hashlib
+
+    from slowed_peft.utils.paths import BUNDLED_DATA
+
+    sources = (BUNDLED_DATA / "SOURCES.md").read_text()
+    files = [p for p in BUNDLED_DATA.rglob("*") if p.is_file() and p.name not in ("SOURCES.md", "LICENSE")]
+    assert len(files) == 8
+    for file in files:
+        rel = file.relative_to(BUNDLED_DATA).as_posix()
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+        assert f"`{rel}`" in sources and f"`{digest}`" in sources, rel
+    for folder in ("advbench", "arc", "distill_step_by_step"):
+        assert (BUNDLED_DATA / folder / "LICENSE").is_file()
 
 
 def test_training_and_evaluation_loaders_read_the_same_rows(tmp_path):

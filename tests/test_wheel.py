@@ -162,3 +162,13 @@ def test_one_step_sft_then_eval_from_the_wheel(wheel_env, tmp_path):
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert set(json.loads(report.read_text())) >= {"safety", "reasoning"}
     assert not any(work.iterdir()) or all(p.name != "slowed_peft" for p in work.iterdir())
+
+
+def test_quick_demo_from_the_wheel_offline_without_a_data_folder(wheel_env, tmp_path, shared_model_cache):
+    """The installed wheel carries the data its demo needs: `slowed-demo --quick` runs offline with no data folder."""
+    bin_dir, env, work = wheel_env
+    env = {k: v for k, v in env.items() if k != "SLOWED_DATA_DIR"}
+    out = tmp_path / "demo"
+    demo = _run([bin_dir / "slowed-demo", "--quick", "true", "--output_dir", out], work, env, timeout=1800)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert (out / "report.json").is_file() and "SFT + anchor" in demo.stdout

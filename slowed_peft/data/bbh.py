@@ -12,7 +12,7 @@ from datasets import Dataset
 
 from .answers import ANSWER_PREFIX, canonical_answer
 from .formats import clip_limit, rows_to_dataset, to_prompt_completion
-from .readers import data_root, default_data_path, find_data_file, read_json_file, read_text
+from .readers import default_data_path, find_data_file, read_json_file, read_text, search_roots
 
 
 PathLike = Union[str, Path]
@@ -35,12 +35,12 @@ def bbh_few_shot(text: str) -> str:
 
 def bbh_prompt_file(task: str, data_dir: Optional[PathLike] = None) -> Path:
     """The 3-shot CoT prompt file of BBH ``task`` in the data folder (``FileNotFoundError`` naming it if absent)."""
-    return find_data_file(data_root(data_dir), *(f.format(task=task) for f in BBH_PROMPT_FILES))
+    return find_data_file(search_roots(data_dir), *(f.format(task=task) for f in BBH_PROMPT_FILES))
 
 
 def bbh_examples_file(task: str, data_dir: Optional[PathLike] = None) -> Path:
     """The examples file of BBH ``task`` in the data folder (``FileNotFoundError`` naming it if absent)."""
-    return find_data_file(data_root(data_dir), *(f.format(task=task) for f in BBH_EXAMPLE_FILES))
+    return find_data_file(search_roots(data_dir), *(f.format(task=task) for f in BBH_EXAMPLE_FILES))
 
 
 def read_bbh_prompt(task: str, data_dir: Optional[PathLike] = None) -> str:

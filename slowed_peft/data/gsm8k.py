@@ -13,7 +13,7 @@ from datasets import Dataset
 
 from .answers import canonical_answer
 from .formats import check_columns, clip_limit, map_rows, to_prompt_completion
-from .readers import data_root, find_data_file, read_json_lines_numbered, read_table_file, row_error, rows_of
+from .readers import find_data_file, read_json_lines_numbered, read_table_file, row_error, rows_of, search_roots
 
 
 PathLike = Union[str, Path]
@@ -61,7 +61,7 @@ def gsm8k_file(split: str = "train", path: Optional[PathLike] = None, data_dir: 
     if path is not None:
         path = Path(path).expanduser()
         return path / f"{split}.jsonl" if path.is_dir() else path
-    return find_data_file(data_root(data_dir), *(f.format(split=split) for f in GSM8K_FILES))
+    return find_data_file(search_roots(data_dir), *(f.format(split=split) for f in GSM8K_FILES))
 
 
 def read_gsm8k(

@@ -24,7 +24,7 @@ from typing import Any, Optional, Union
 
 from datasets import Dataset, load_dataset
 
-from ..utils.paths import data_dir as configured_data_dir
+from ..utils.paths import BUNDLED_DATA, ENV_VAR, data_roots
 
 
 PathLike = Union[str, Path]
@@ -33,24 +33,49 @@ ARC_FILES = ("arc/ARC-Challenge-{split}.jsonl", "arc/ARC-Challenge/ARC-Challenge
 AGIEVAL_FILES = ("agieval/{task}.jsonl",)
 
 
+def search_roots(data_dir: Optional[PathLike] = None) -> list[Path]:
+    """The folders a data file is looked up in: ``[data_dir]`` when given, else ``$SLOWED_DATA_DIR`` (when set) and
+    the bundled files (``ValueError`` if the variable names no folder)."""
+    return data_roots(None if data_dir is None else Path(data_dir))
+
+
 def data_root(data_dir: Optional[PathLike] = None) -> Path:
-    """``data_dir`` when given, else ``$SLOWED_DATA_DIR`` (``ValueError`` saying how to provide one if neither)."""
-    if data_dir is not None:
-        return Path(data_dir).expanduser()
-    return configured_data_dir(required=True)
+    """``data_dir`` when given, else ``$SLOWED_DATA_DIR``, else the bundled files (the first of :func:`search_roots`)."""
+    return search_roots(data_dir)[0]
 
 
 def default_data_path(subdir: str) -> Path:
-    """``<data folder>/<subdir>`` (``ValueError`` when no data folder is configured)."""
-    return data_root() / subdir
+    """``<data folder>/<subdir>`` of the first folder that has it: ``$SLOWED_DATA_DIR``, then the bundled files;
+    ``FileNotFoundError`` saying how to provide it when neither does."""
+    roots = data_roots()
+    for root in roots:
+        if (root / subdir).is_dir():
+            return root / subdir
+    raise FileNotFoundError(_not_found(roots, subdir))
 
 
-def find_data_file(root: Path, *candidates: str) -> Path:
-    """The first of ``candidates`` (paths relative to ``root``) that is a file; ``FileNotFoundError`` naming the first."""
-    for rel in candidates:
-        if (root / rel).is_file():
-            return root / rel
-    raise FileNotFoundError(f"Data file not found: {root / candidates[0]} (pass data_dir= or set SLOWED_DATA_DIR).")
+def find_data_file(root: Union[Path, list[Path]], *candidates: str) -> Path:
+    """The first of ``candidates`` (paths relative to ``root``, or to each folder of a list in turn) that is a file;
+    ``FileNotFoundError`` naming where it looked otherwise."""
+    roots = root if isinstance(root, list) else [root]
+    for folder in roots:
+        for rel in candidates:
+            if (folder / rel).is_file():
+                return folder / rel
+    raise FileNotFoundError(_not_found(roots, candidates[0]))
+
+
+def _not_found(roots: list[Path], rel: str) -> str:
+    """The message for a data file or folder that no searched folder holds."""
+    searched = [r for r in roots if r != BUNDLED_DATA]
+    where = f"{searched[0] / rel}" if searched else rel
+    if BUNDLED_DATA in roots:
+        return (
+            f"Data file not found: {where} — it is not among the files shipped with slowed_peft (AdvBench, SVAMP "
+            f"rationales, ARC-Challenge). Set {ENV_VAR} to a folder holding it (layout: slowed_peft.data.readers), or "
+            "pass path= / data_dir= (or a Hub dataset id where the loader takes one)."
+        )
+    return f"Data file not found: {where} (pass data_dir= or set {ENV_VAR})."
 
 
 def _utf8_error(path: PathLike, data: bytes, err: UnicodeDecodeError, line: int = 0) -> ValueError:
@@ -242,9 +267,9 @@ def read_arc(split: str = "test", data_dir: Optional[PathLike] = None, limit: Op
     """Raw ARC-Challenge rows of ``split`` (``train``/``dev``/``test``): ``{"id", "question": {"stem", "choices"},
     "answerKey"}``."""
     name = split.capitalize()
-    return read_json_lines(find_data_file(data_root(data_dir), *(f.format(split=name) for f in ARC_FILES)), limit)
+    return read_json_lines(find_data_file(search_roots(data_dir), *(f.format(split=name) for f in ARC_FILES)), limit)
 
 
 def read_agieval(task: str, data_dir: Optional[PathLike] = None, limit: Optional[int] = None) -> list[dict]:
     """Raw AGIEval rows of ``task``: ``{"passage", "question", "options": ["(A)...", ...], "label"}``."""
-    return read_json_lines(find_data_file(data_root(data_dir), *(f.format(task=task) for f in AGIEVAL_FILES)), limit)
+    return read_json_lines(find_data_file(search_roots(data_dir), *(f.format(task=task) for f in AGIEVAL_FILES)), limit)

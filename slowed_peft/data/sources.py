@@ -25,13 +25,13 @@ from .demo import demo_cot_dataset
 from .formats import clip_limit, rows_to_dataset, to_prompt_completion
 from .gsm8k import load_gsm8k
 from .readers import (
-    data_root,
     default_data_path,
     find_data_file,
     read_json_file,
     read_json_lines_numbered,
     row_error,
     rows_of,
+    search_roots,
 )
 from .tables import COLUMN_ARGS, convert_auto, load_table
 
@@ -65,7 +65,7 @@ def read_svamp(
     if path is not None:
         file = Path(path).expanduser() / f"svamp_{split}.json"
     else:
-        file = find_data_file(data_root(data_dir), *(f.format(split=split) for f in SVAMP_GOLD_FILES))
+        file = find_data_file(search_roots(data_dir), *(f.format(split=split) for f in SVAMP_GOLD_FILES))
     rows = []
     for line, r in read_json_lines_numbered(file, limit):
         try:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional, Union
 
-from ..data.readers import check_utf8, data_root
+from ..data.readers import check_utf8, find_data_file, search_roots
 
 
 __all__ = ["BENIGN_PROMPTS", "HARMFUL_PROBES", "load_advbench", "split_advbench"]
@@ -122,7 +122,7 @@ def load_advbench(
     ``train_fraction`` and ``seed``). ``limit`` applies after the split.
     """
     if path is None:
-        path = data_root() / "advbench" / "harmful_behaviors.csv"
+        path = find_data_file(search_roots(), "advbench/harmful_behaviors.csv")
     candidate = Path(str(path)).expanduser()
     if candidate.is_dir():
         inside = [candidate / "harmful_behaviors.csv", candidate / "advbench" / "harmful_behaviors.csv"]

@@ -1,7 +1,9 @@
-"""Where local benchmark / CoT data lives: the folder named by ``$SLOWED_DATA_DIR``, and nowhere else by default.
+"""Where local benchmark / CoT data lives: an explicit path, else ``$SLOWED_DATA_DIR``, else the files shipped with
+the package (``slowed_peft/bundled_data``: AdvBench behaviours, SVAMP rationales, ARC-Challenge; see its
+``SOURCES.md``).
 
-The package never guesses a folder from its own location or the working directory: data comes from explicit
-paths / ``data_dir=`` arguments / command-line flags, or from this environment variable.
+The package never guesses a folder from its own checkout or the working directory: data comes from explicit
+paths / ``data_dir=`` arguments / command-line flags, from this environment variable, or from the bundled files.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Optional
 
 
 ENV_VAR = "SLOWED_DATA_DIR"
+# The small licensed files the demo, its alignment and the default test tier need (package data).
+BUNDLED_DATA = Path(__file__).resolve().parent.parent / "bundled_data"
 
 
 def data_dir(required: bool = False) -> Optional[Path]:
@@ -32,3 +36,12 @@ def data_dir(required: bool = False) -> Optional[Path]:
             "slowed_peft.data.readers)."
         )
     return None
+
+
+def data_roots(explicit: Optional[Path] = None) -> list[Path]:
+    """The folders searched for a data file, in order: ``explicit`` alone when given; else ``$SLOWED_DATA_DIR`` (when
+    set) and then the bundled files."""
+    if explicit is not None:
+        return [Path(explicit).expanduser()]
+    env = data_dir()
+    return ([env] if env is not None else []) + [BUNDLED_DATA]
