@@ -9,6 +9,7 @@ from typing import Literal, Optional, Union
 
 from peft.config import PeftConfig
 
+from .anchor_storage import ANCHOR_SAVE_DTYPES
 from .compress import SAVE_PRECISIONS
 from .registration import PEFT_TYPE_NAME, ensure_peft_type
 
@@ -74,6 +75,11 @@ class SLowEDConfig(PeftConfig):
         anchor_tokens (`str`, defaults to `"prompt"`):
             Which tokens of the anchor set count: `"prompt"` (the chat-formatted prompts) or `"prompt+response"`
             (also the model's own greedy responses to them).
+        anchor_save_dtype (`str`, defaults to `"fp32"`):
+            How `save_pretrained` stores the anchor bases (always once per group of layers reading the same input,
+            e.g. q/k/v; see `tuner/anchor_storage.py`): `"fp32"` exactly; `"bf16"` in half the bytes, re-orthonormalised
+            on load, so the guarantee holds for the loaded basis, whose span differs from the trained one by about
+            2^-9 rad: outputs on the anchor prompts move slightly. The model in memory keeps float32 bases either way.
 
     Example:
 
@@ -137,6 +143,9 @@ class SLowEDConfig(PeftConfig):
     anchor_tokens: Literal["prompt", "prompt+response"] = field(
         default="prompt", metadata={"help": "Tokens the anchor is fitted on: 'prompt' or 'prompt+response'."}
     )
+    anchor_save_dtype: Literal["fp32", "bf16"] = field(
+        default="fp32", metadata={"help": "Anchor bases on save: 'fp32' (exact) or 'bf16' (half the bytes)."}
+    )
 
     @property
     def anchored(self) -> bool:
@@ -186,6 +195,11 @@ class SLowEDConfig(PeftConfig):
         if self.anchor_tokens not in ANCHOR_TOKENS:
             raise ValueError(
                 f"`anchor_tokens` must be one of {ANCHOR_TOKENS}; got anchor_tokens={self.anchor_tokens!r}."
+            )
+        if self.anchor_save_dtype not in ANCHOR_SAVE_DTYPES:
+            raise ValueError(
+                f"`anchor_save_dtype` must be one of {ANCHOR_SAVE_DTYPES}; got "
+                f"anchor_save_dtype={self.anchor_save_dtype!r}."
             )
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
             raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str (regex).")

@@ -163,12 +163,16 @@ def _find_layer(model: nn.Module, path: str) -> Optional[nn.Module]:
 
 @torch.no_grad()
 def prepare_anchor_buffers(model: nn.Module, remapped: dict[str, torch.Tensor], adapter_name: str, where: str) -> None:
-    """Size each layer's ``slowed_anchor`` buffer to the stored basis (its rank varies per layer), after checking the
-    basis is finite and orthonormal; a basis of another width is left to the shape check, which names both shapes."""
+    """Give each layer a fresh ``slowed_anchor`` buffer of the stored basis' size (its rank varies per layer), after
+    checking the basis is finite and orthonormal; a basis of another width is left to the shape check, which names
+    both shapes. Layers whose stored basis is one tensor (a group stored once, see ``anchor_storage.py``) get one
+    shared buffer, as after the fit; a buffer a previous fit shared is never written through for another layer."""
     from .anchor import check_orthonormal
     from .layer import SLowEDLayer
 
     suffix = f".{PREFIX}anchor.{adapter_name}"
+    buffers: dict[tuple[int, torch.device], torch.Tensor] = {}
+    checked: set[int] = set()
     for key, stored in remapped.items():
         if not key.endswith(suffix):
             continue
@@ -177,8 +181,11 @@ def prepare_anchor_buffers(model: nn.Module, remapped: dict[str, torch.Tensor], 
             continue  # check_keys reports it as unexpected
         if stored.dim() != 2 or stored.shape[0] != layer.in_features:
             continue
-        check_orthonormal(stored, f"Corrupt SLowED adapter {where}: the anchor basis {_short(key)!r}")
-        current = layer.slowed_anchor[adapter_name]
-        if tuple(current.shape) != tuple(stored.shape):
-            layer.slowed_anchor[adapter_name] = torch.zeros(stored.shape, dtype=torch.float32, device=current.device)
-            layer._weight_cache = None
+        device = layer.slowed_anchor[adapter_name].device
+        if id(stored) not in checked:
+            check_orthonormal(stored, f"Corrupt SLowED adapter {where}: the anchor basis {_short(key)!r}")
+            checked.add(id(stored))
+        if (id(stored), device) not in buffers:
+            buffers[(id(stored), device)] = torch.zeros(stored.shape, dtype=torch.float32, device=device)
+        layer.slowed_anchor[adapter_name] = buffers[(id(stored), device)]
+        layer._weight_cache = None

@@ -9,6 +9,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
 from ..utils.checks import check_adapter_name
+from .anchor_storage import expand_anchor_bases, share_anchor_bases
 from .config import SLowEDConfig
 from .layer import SUPPORTED_LAYER_TYPES, Linear, SLowEDLayer, unsupported_layer_error
 from .loading import check_keys, prepare_anchor_buffers, rebase_w0_norms
@@ -79,9 +80,12 @@ class SLowEDModel(BaseTuner):
 
     @classmethod
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
-        """PEFT's selection of the adapter's tensors, then ``save_precision``: dense deltas compressed (``persist.py``)."""
+        """PEFT's selection of the adapter's tensors, then ``save_precision``: dense deltas compressed (``persist.py``,
+        projected with the float32 bases), then the anchor bases stored once per group, in ``anchor_save_dtype``
+        (``anchor_storage.py``)."""
         state = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
-        return compress_state_dict(model, config, adapter_name, state)
+        state = compress_state_dict(model, config, adapter_name, state)
+        return share_anchor_bases(config, adapter_name, state)
 
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
@@ -92,9 +96,11 @@ class SLowEDModel(BaseTuner):
         3. ‖W0‖: the stored norms agree with the base in memory and are replaced by it (``loading.rebase_w0_norms``);
         4. safety anchor: each stored basis is finite and orthonormal, and sizes its layer's buffer (its rank varies).
         ``loading.lenient_load`` relaxes 2 and 3. A compressed (``save_precision="4bit"``) adapter is first turned back
-        into dense deltas (``persist.decompress_state_dict``)."""
+        into dense deltas (``persist.decompress_state_dict``), and shared or bf16 anchor bases into one float32 basis
+        per layer (``anchor_storage.expand_anchor_bases``)."""
         where = weights_file_hint(getattr(config, "_weights_folder", None))
         state_dict = decompress_state_dict(model, config, state_dict, where)
+        state_dict = expand_anchor_bases(state_dict, where)
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         prepare_anchor_buffers(model, remapped, adapter_name, where)
         own = model.state_dict()
