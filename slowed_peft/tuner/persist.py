@@ -5,6 +5,12 @@ replaces each dense ``slowed_delta`` by its compressed parts (see ``tuner/compre
 runs inside ``PeftModel.from_pretrained`` / ``load_adapter`` (via ``SLowEDModel._remap_adapter_state_dict_for_load``)
 and turns them back into ``slowed_delta``, so everything downstream (key checks, ‖W0‖ checks, ``load_state_dict``)
 sees a plain dense adapter. Nothing else of PEFT's loading path changes.
+
+The safety anchor's bases go through the same two hooks, right after the deltas (``tuner/anchor_storage.py``): on
+save, bit-identical bases of layers that read one input (q/k/v, gate/up) are stored once, the other layers of the
+group holding a small ``slowed_anchor_ref`` (the owner's module path), optionally in bf16 (``anchor_save_dtype``); on
+load each layer gets its float32 basis back (bf16 re-orthonormalised), so the checks downstream see one basis per
+layer. A 4-bit delta is projected with the float32 bases before they are shared or rounded.
 """
 
 from __future__ import annotations
