@@ -5,8 +5,9 @@
 
 1. step: anchored dense SLowED (k = 64 random orthonormal directions per layer, trust region on) vs the same adapter
    without the anchor — medians over alternating AdamW steps after warm-up;
-2. fitting: ``fit_anchor`` on ``--prompts`` chat-formatted prompts vs one plain forward pass of the model over the
-   same prompts in the same batches (alternating), so the ratio says how many forward passes fitting costs.
+2. fitting: ``fit_anchor`` on ``--prompts`` chat-formatted prompts (``anchor_dataloader``, batches of 16) vs one plain
+   forward pass of the model over the same batches (alternating), so the ratio says how many forward passes fitting
+   costs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from _common import alternate, machine, median, smollm2_config, write_json  # noqa: E402
 
-from slowed_peft import SLowEDConfig, fit_anchor  # noqa: E402
+from slowed_peft import SLowEDConfig, anchor_dataloader, fit_anchor  # noqa: E402
 from slowed_peft.tuner.anchor import install_anchor  # noqa: E402
 from slowed_peft.tuner.layer import SLowEDLayer  # noqa: E402
 
@@ -90,26 +91,17 @@ def main() -> None:
     prompts = [f"Please write a short note number {i} about topic {i % 17} for a friend." for i in range(args.prompts)]
     model = adapter(base, False, args.rank)
     anchored = get_peft_model(copy.deepcopy(base), SLowEDConfig(target_modules="all-linear", anchor_rank=args.rank))
-    ids = [
-        tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
-            add_special_tokens=False)["input_ids"]
-        for p in prompts
-    ]  # fmt: skip
+    loader = anchor_dataloader(tok, prompts, batch_size=16)  # the same batches for both
 
     @torch.no_grad()
     def forward() -> None:
         model.eval()
-        for i in range(0, len(ids), 16):
-            chunk = ids[i : i + 16]
-            width = max(len(s) for s in chunk)
-            model(
-                input_ids=torch.tensor([s + [0] * (width - len(s)) for s in chunk]),
-                attention_mask=torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk]),
-            )
+        for batch in loader:
+            model(**batch)
 
     report = {}
     fit_times = alternate(
-        {"forward": forward, "fit": lambda: report.update(r=fit_anchor(anchored, tok, prompts))},
+        {"forward": forward, "fit": lambda: report.update(r=fit_anchor(anchored, loader, show_progress_bar=False))},
         args.fit_repeats,
         warmup=0,
     )

@@ -3,13 +3,25 @@
 ``import slowed_peft`` registers the ``SLOWED`` PEFT type (in :mod:`slowed_peft.tuner`; the only import-time effect),
 so ``get_peft_model(model, SLowEDConfig(...))``, ``PeftModel.from_pretrained`` and
 ``AutoPeftModelForCausalLM.from_pretrained`` work for SLowED adapters.
-The TRL-facing names (collator, trainer, entropy helpers) load lazily, so the import stays light for inference.
+The TRL-facing names (collator, trainer, entropy helpers) and ``anchor_dataloader`` (data layer) load lazily, so
+the import stays light for inference.
 """
 
 from importlib import import_module
 from typing import Any
 
-from .tuner import SLOWED, AnchorReport, Linear, SLowEDConfig, SLowEDLayer, SLowEDModel, fit_anchor, register_slowed
+from .tuner import (
+    SLOWED,
+    AnchorReport,
+    Linear,
+    SLowEDConfig,
+    SLowEDLayer,
+    SLowEDModel,
+    fit_anchor,
+    get_anchor_state_dict,
+    initialize_anchor_weights,
+    register_slowed,
+)
 from .tuner.drift import WeightDrift, weight_drift
 from .tuner.export import LoraExportReport, export_as_lora
 
@@ -24,6 +36,7 @@ _LAZY = {
     "SLowEDSFTConfig": "masking",
     "SLowEDTrainer": "masking",
     "add_slowed_metrics": "masking",
+    "anchor_dataloader": "data.anchor_batches",
     "annotate_entropy": "masking",
     "token_entropy": "masking",
 }
@@ -50,9 +63,12 @@ __all__ = [
     "SLowEDTrainer",
     "WeightDrift",
     "add_slowed_metrics",
+    "anchor_dataloader",
     "annotate_entropy",
     "export_as_lora",
     "fit_anchor",
+    "get_anchor_state_dict",
+    "initialize_anchor_weights",
     "register_slowed",
     "token_entropy",
     "weight_drift",

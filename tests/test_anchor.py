@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 import slowed_peft
-from slowed_peft import SLowEDConfig, fit_anchor
+from slowed_peft import SLowEDConfig, anchor_dataloader, fit_anchor
 from slowed_peft.tuner.functional import project_out
 from slowed_peft.tuner.layer import SLowEDLayer
 
@@ -44,10 +44,14 @@ def _anchor_ids(tok) -> torch.Tensor:
     return torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
 
 
+def _fit(model, tok, prompts=(ANCHOR_PROMPT,), **kwargs):
+    return fit_anchor(model, anchor_dataloader(tok, list(prompts)), show_progress_bar=False, **kwargs)
+
+
 def _anchored(tok, **config):
     settings = dict(target_modules="all-linear", slow_factor=1.0, max_drift=None, anchor_energy=1.0)
     model = get_peft_model(_wide_llama(), SLowEDConfig(**{**settings, **config}))
-    report = fit_anchor(model, tok, [ANCHOR_PROMPT])
+    report = _fit(model, tok)
     return model, report
 
 
@@ -146,7 +150,7 @@ def test_conv1d_layers_are_anchored(tok):
     base = AutoModelForCausalLM.from_config(GPT2Config(vocab_size=96, n_embd=64, n_layer=2, n_head=4)).eval()
     model = get_peft_model(base, SLowEDConfig(target_modules=["c_attn", "c_proj", "c_fc"], slow_factor=1.0,
                                               max_drift=None, anchor_energy=1.0))  # fmt: skip
-    fit_anchor(model, tok, [ANCHOR_PROMPT])
+    _fit(model, tok)
     ids = _anchor_ids(tok)
     before, other = _logits(model, ids), _logits(model, OTHER)
     _train(model)
@@ -213,14 +217,14 @@ def test_errors_are_clear(tok, tmp_path):
         SLowEDConfig(anchor_energy=1.5)
     plain = get_peft_model(_wide_llama(), SLowEDConfig(target_modules="all-linear"))
     with pytest.raises(ValueError, match="has no safety anchor"):
-        fit_anchor(plain, tok, [ANCHOR_PROMPT])
+        _fit(plain, tok)
     model = get_peft_model(_wide_llama(), SLowEDConfig(target_modules="all-linear", anchor_rank=64))
-    with pytest.raises(ValueError, match="no anchor prompts"):
-        fit_anchor(model, tok, [])
+    with pytest.raises(ValueError, match="No anchor prompts"):
+        _fit(model, tok, [])
     with pytest.raises(ValueError, match="empty or not strings"):
-        fit_anchor(model, tok, ["ok", " "])
+        _fit(model, tok, ["ok", " "])
     with pytest.raises(ValueError, match="anchor_rank=64 is not below the input width 64"):
-        fit_anchor(model, tok, [ANCHOR_PROMPT])
+        _fit(model, tok)
     # training an anchored adapter that was never fitted would protect nothing
     unfitted = get_peft_model(_wide_llama(), SLowEDConfig(target_modules="all-linear", anchor_rank=4))
     unfitted.train()
@@ -231,7 +235,7 @@ def test_errors_are_clear(tok, tmp_path):
     with torch.no_grad():
         broken.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="not finite"):
-        fit_anchor(broken, tok, [ANCHOR_PROMPT])
+        _fit(broken, tok)
 
 
 def test_anchor_from_another_base_or_edited_file_is_refused(tok, tmp_path):
@@ -257,7 +261,9 @@ def test_prompt_and_response_tokens(tok):
     model = get_peft_model(
         _wide_llama(), SLowEDConfig(target_modules="all-linear", anchor_rank=4, anchor_tokens="prompt+response")
     )
-    report = fit_anchor(model, tok, [ANCHOR_PROMPT], max_new_tokens=5)
+    from slowed_peft.scripts.anchoring import response_dataloader
+
+    report = fit_anchor(model, response_dataloader(model, tok, [ANCHOR_PROMPT], max_new_tokens=5))
     assert report.tokens == _anchor_ids(tok).shape[1] + 5  # a random model never emits EOS in 5 tokens here
 
 
@@ -266,7 +272,7 @@ def test_two_adapters_each_keep_their_anchor(tok):
     model, _ = _anchored(tok)
     model.add_adapter("other", SLowEDConfig(target_modules="all-linear", slow_factor=1.0, max_drift=None,
                                             anchor_energy=1.0))  # fmt: skip
-    fit_anchor(model, tok, [ANCHOR_PROMPT], adapter_name="other")
+    _fit(model, tok, adapter_name="other")
     model.base_model.set_adapter(["default", "other"])
     ids = _anchor_ids(tok)
     before = _logits(model, ids)

@@ -18,7 +18,7 @@ from datasets import Dataset
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM
 
-from slowed_peft import SLowEDConfig, SLowEDSFTConfig, fit_anchor
+from slowed_peft import SLowEDConfig, SLowEDSFTConfig, anchor_dataloader, fit_anchor
 from slowed_peft.scripts.anchoring import (
     anchor_prompts,
     fit_arm_anchor,
@@ -461,7 +461,7 @@ def test_train_arm_anchored_on_the_training_prompts(llama_path, tok, tmp_path):
     assert trainer.state.global_step == 2
     # the bases are those of the initial model on the first anchor_limit user turns of the training rows
     fresh = get_peft_model(_llama(llama_path), peft_config_for_arm(arm))
-    expected = fit_anchor(fresh, tok, [r["prompt"][-1]["content"] for r in _rows()][:6])
+    expected = fit_anchor(fresh, anchor_dataloader(tok, [r["prompt"][-1]["content"] for r in _rows()][:6]))
     assert expected.ranks == report.ranks and expected.tokens == report.tokens
     fitted = _slowed_layers(fresh)
     for name, layer in layers.items():

@@ -101,6 +101,7 @@ def main() -> None:
 
     from .. import SLowEDConfig, fit_anchor
     from ..base_models import load_model
+    from ..data.anchor_batches import anchor_dataloader
     from .align import AlignArguments, align_student, fast_align_arguments, held_out_sets
 
     started = time.time()
@@ -110,7 +111,7 @@ def main() -> None:
     sets = _prompt_sets(tokenizer, args.train_rows, args.limit)
     bases = {}
     for source, prompts in sets.items():
-        report = fit_anchor(model, tokenizer, prompts)
+        report = fit_anchor(model, anchor_dataloader(tokenizer, prompts), show_progress_bar=False)
         bases[source] = _bases(model)
         print(f"[fit] {source}: {len(prompts)} prompts, {report.tokens} tokens, {report.seconds} s", flush=True)
     generator = torch.Generator().manual_seed(0)

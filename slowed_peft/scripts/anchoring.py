@@ -38,7 +38,14 @@ def anchor_prompts(args: SLowEDArguments, train_dataset: Any = None) -> Optional
     if source == "harmful":
         from ..eval import load_advbench
 
-        return load_advbench(None, split="train", seed=split_seed, train_fraction=0.6)[:limit]
+        try:
+            return load_advbench(None, split="train", seed=split_seed, train_fraction=0.6)[:limit]
+        except FileNotFoundError as err:  # its message names path= / data_dir=, which no script flag reaches
+            raise ValueError(
+                "anchor_source='harmful' reads AdvBench's train part (advbench/harmful_behaviors.csv) from "
+                "$SLOWED_DATA_DIR or the copy shipped with slowed_peft, and found neither. Set SLOWED_DATA_DIR to a "
+                "folder holding advbench/harmful_behaviors.csv (the scripts have no flag for the anchor prompts' path)."
+            ) from err
     if train_dataset is None:
         raise ValueError("anchor_source='train' needs the training data set.")
     prompts = []
@@ -145,14 +152,88 @@ def prepare_model(arm: SLowEDArguments, model: Any, tokenizer: Any, peft_config:
         corda_preprocess(model, tokenizer, peft_config, anchor_prompts(arm, train_dataset) or [])
 
 
+@torch.no_grad()
+def response_dataloader(
+    peft_model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    max_length: int = 1024,
+):
+    """Anchor batches for ``anchor_tokens="prompt+response"``: each chat-formatted prompt followed by the *initial*
+    model's own greedy answer (adapters disabled; up to EOS or ``max_new_tokens``), for
+    :func:`~slowed_peft.fit_anchor`. Generation lives here, not in the tuner, which only takes tokenized batches.
+
+    Args:
+        peft_model: The ``PeftModel`` to be anchored (its base model answers).
+        tokenizer: Its tokenizer (left-pads the prompts for generation).
+        prompts: Non-empty user requests.
+        max_new_tokens: Longest answer, in tokens.
+        batch_size: Prompts per generation batch and per anchor batch.
+        max_length: Longest prompt + answer kept (a warning names how many were cut).
+
+    Returns:
+        A ``DataLoader`` of ``input_ids`` / ``attention_mask`` batches (see :func:`slowed_peft.anchor_dataloader`).
+    """
+    from ..data.anchor_batches import format_anchor_prompts, token_dataloader
+
+    ids = format_anchor_prompts(tokenizer, prompts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
+    device = next(peft_model.parameters()).device
+    was_training = peft_model.training
+    peft_model.eval()
+    out = []
+    try:
+        with peft_model.disable_adapter():
+            for i in range(0, len(ids), batch_size):
+                chunk = ids[i : i + batch_size]
+                width = max(len(s) for s in chunk)
+                generated = peft_model.generate(
+                    input_ids=torch.tensor([[pad] * (width - len(s)) + s for s in chunk], device=device),
+                    attention_mask=torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in chunk], device=device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad,
+                )[:, width:]
+                for prompt, response in zip(chunk, generated.tolist()):
+                    if eos in response:
+                        response = response[: response.index(eos)]
+                    out.append(prompt + response)
+    finally:
+        peft_model.train(was_training)
+    return token_dataloader(out, pad if pad is not None else 0, batch_size, max_length)
+
+
+def anchor_batches(peft_model: Any, tokenizer: Any, prompts: list[str], adapter_name: Optional[str] = None):
+    """The anchor batches the adapter's ``anchor_tokens`` asks for: the prompts alone
+    (:func:`slowed_peft.anchor_dataloader`) or followed by the initial model's answers (:func:`response_dataloader`)."""
+    from ..data.anchor_batches import anchor_dataloader
+
+    config = peft_model.peft_config[adapter_name or peft_model.active_adapter]
+    if getattr(config, "anchor_tokens", "prompt") == "prompt+response":
+        return response_dataloader(peft_model, tokenizer, prompts)
+    return anchor_dataloader(tokenizer, prompts)
+
+
 def fit_arm_anchor(arm: SLowEDArguments, peft_model: Any, tokenizer: Any, train_dataset: Any, seed: int) -> Any:
-    """After the trainer wrapped the model: fit (or, for the control, draw) the anchor of an anchored arm."""
+    """After the trainer wrapped the model: fit (or, for the control, draw) the anchor of an anchored arm, and log
+    what was fitted (the :class:`~slowed_peft.AnchorReport`, also written into the adapter card when it is saved)."""
     if not ARMS[arm.arm].anchor:
         return None
     if arm.anchor_source == "random":
         if arm.anchor_rank is None:
             raise ValueError("anchor_source='random' needs anchor_rank (the number of random directions).")
         return install_random_anchor(peft_model, arm.anchor_rank, seed)
-    from ..tuner.anchor import fit_anchor
+    from ..tuner.anchor_fit import fit_anchor
 
-    return fit_anchor(peft_model, tokenizer, anchor_prompts(arm, train_dataset))
+    prompts = anchor_prompts(arm, train_dataset)
+    report = fit_anchor(peft_model, anchor_batches(peft_model, tokenizer, prompts), show_progress_bar=False)
+    if (
+        not torch.distributed.is_available()
+        or not torch.distributed.is_initialized()
+        or torch.distributed.get_rank() == 0
+    ):
+        print(f"[{arm.arm}] fitted on {arm.anchor_source} prompts: {report.summary()}", flush=True)
+    return report

@@ -6,7 +6,8 @@ imports back up, so there is no cycle and no other import-time side effect.
 
 from peft.utils.peft_types import PeftType
 
-from .anchor import AnchorReport, fit_anchor
+from .anchor import AnchorReport, initialize_anchor_weights
+from .anchor_fit import fit_anchor, get_anchor_state_dict
 from .config import SLowEDConfig
 from .layer import Linear, SLowEDLayer
 from .loading import lenient_load
@@ -29,6 +30,8 @@ __all__ = [
     "SLowEDLayer",
     "SLowEDModel",
     "fit_anchor",
+    "get_anchor_state_dict",
+    "initialize_anchor_weights",
     "lenient_load",
     "register_slowed",
 ]

@@ -1,35 +1,52 @@
-"""Fitting the safety anchor: per wrapped layer, the input directions that anchor prompts use, protected from ΔW.
+"""The safety anchor's bases: what a fit produced (:class:`AnchorReport`), the state dict that carries it, the checks
+on the model before anything is fitted or installed, and :func:`initialize_anchor_weights`, which installs a state
+dict as the frozen ``slowed_anchor`` buffers.
 
-One pass of the *initial* model (adapters disabled) over the anchor prompts, the way PEFT fits its data-driven
-adapters (``peft/tuners/lora/corda.py::preprocess_corda``, ``eva.py::initialize_lora_eva_weights``): a forward
-pre-hook on every SLowED layer accumulates the uncentred second moment ``C = Σ x xᵀ`` of its inputs (summed in
-float64, streamed per batch: no ``[tokens × dim]`` kept), layers that read the same tensor (q/k/v,
-gate/up) share one sum, and the forward stops after the last wrapped layer (no LM head). Then each layer's basis ``Q``
-is the top eigenvectors of ``C`` (``anchor_rank`` and/or ``anchor_energy``) and is installed as the frozen buffer
-``slowed_anchor``. Since the anchor prompts' activations are unchanged by induction over the layers, a full-span anchor
-leaves the model's outputs on those prompts exactly as they were, however long it trains.
+Computing the bases (one pass of the initial model over tokenized anchor batches) is
+:mod:`slowed_peft.tuner.anchor_fit`; the split follows PEFT's EVA (``get_eva_state_dict`` /
+``initialize_lora_eva_weights``). The anchor state dict is a plain ``dict[str, torch.Tensor]`` that
+``safetensors.torch.save_file`` writes as it is:
+
+- ``"<module>"`` (the module's name without ``base_model.model.``, e.g. ``model.layers.0.self_attn.q_proj``): the
+  layer's orthonormal basis, float32 ``in_features × k``;
+- ``"<module>:energy"``: the share of the layer's anchor-input energy that basis holds (0-d float64);
+- ``"anchor:sequences"`` / ``"anchor:tokens"``: how many sequences and tokens counted (0-d int64);
+- ``"anchor:rank"`` / ``"anchor:energy"`` / ``"anchor:with_responses"``: the adapter settings it was fitted with
+  (``anchor_rank``, ``anchor_energy``, ``anchor_tokens == "prompt+response"``; -1 for ``None``), which a cache file
+  must match.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
 
-# Eigenvalues below this fraction of a layer's largest one are float64 round-off, not directions the anchor prompts
-# use: they are never protected.
-NOISE_FLOOR = 1e-12
+MODEL_PREFIX = "base_model.model."
+META = "anchor:"
+ENERGY_SUFFIX = ":energy"
+SEQUENCES, TOKENS = f"{META}sequences", f"{META}tokens"
+SETTINGS = {"anchor_rank": f"{META}rank", "anchor_energy": f"{META}energy", "anchor_tokens": f"{META}with_responses"}
 
 
 @dataclass
 class AnchorReport:
-    """What :func:`fit_anchor` installed: per layer the rank and the share of input energy it protects."""
+    """What :func:`fit_anchor` / :func:`initialize_anchor_weights` installed.
+
+    Attributes:
+        adapter_name: The anchored adapter.
+        prompts: Anchor sequences that counted (at least one unmasked token).
+        tokens: Anchor tokens that counted (``attention_mask`` 1).
+        ranks: Per layer (module name without ``base_model.model.``) the number of protected directions.
+        energy: Per layer the share of its anchor inputs' second-moment energy that those directions hold.
+        seconds: Wall time of the call.
+    """
 
     adapter_name: str
     prompts: int
@@ -46,274 +63,244 @@ class AnchorReport:
     def min_energy(self) -> float:
         return min(self.energy.values()) if self.energy else 0.0
 
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values, plus the summary figures (``layers``, ``rank_min`` / ``rank_mean`` /
+        ``rank_max``, ``energy_min`` / ``energy_mean``)."""
+        ranks, energy = list(self.ranks.values()), list(self.energy.values())
+        summary = {
+            "layers": len(ranks),
+            "rank_min": min(ranks, default=0),
+            "rank_mean": round(self.mean_rank, 2),
+            "rank_max": max(ranks, default=0),
+            "energy_min": round(min(energy), 4) if energy else None,
+            "energy_mean": round(sum(energy) / len(energy), 4) if energy else None,
+        }
+        return {**asdict(self), **summary}
 
-class _StopForward(Exception):
-    """Raised by the last hook of a batch: nothing after the last wrapped layer is needed."""
-
-
-class _SecondMoments:
-    """Streaming ``Σ x xᵀ`` per group of layers reading the same input tensor.
-
-    A layer's input is reduced to its second moment in the layer's own pre-hook (the model may change that tensor in
-    place later in the forward); the next layers that get the very same tensor object join its group."""
-
-    def __init__(self, layers: dict[str, nn.Module], exact: bool = True) -> None:
-        self.layers = layers
-        self.dtype = torch.float64 if exact else torch.float32
-        self.sums: dict[frozenset, torch.Tensor] = {}
-        self.mask: Optional[torch.Tensor] = None
-        self._last: Optional[torch.Tensor] = None
-        self._gram: Optional[torch.Tensor] = None
-        self._names: list[str] = []
-        self._seen: set[str] = set()
-
-    def start_batch(self, mask: torch.Tensor) -> None:
-        self.mask, self._last, self._gram, self._names, self._seen = mask, None, None, [], set()
-
-    def hook(self, name: str):
-        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            x = args[0] if args else kwargs.get("input", kwargs.get("x"))
-            if name in self._seen:  # a layer called twice in one forward: its first input counts
-                return
-            if x is not self._last:
-                self._flush()
-                self._last, self._gram = x, self._second_moment(x, name)
-            self._names.append(name)
-            self._seen.add(name)
-            if len(self._seen) == len(self.layers):
-                self._flush()
-                raise _StopForward
-
-        return pre_hook
-
-    def _flush(self) -> None:
-        if self._gram is None:
-            return
-        names = frozenset(self._names)
-        if names in self.sums:
-            self.sums[names] += self._gram
-        else:
-            self.sums[names] = self._gram
-        self._last, self._gram, self._names = None, None, []
-
-    def _second_moment(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        rows = self._token_rows(x)
-        gram = (rows.T @ rows).double()  # summed in float64 across batches
-        if not bool(torch.isfinite(torch.diagonal(gram)).all()):  # any NaN / inf input shows on the diagonal
-            raise ValueError(
-                f"fit_anchor: the input of layer {_short(name)!r} is not finite (NaN or inf activations) on the "
-                "anchor prompts; check the base model's weights and dtype."
-            )
-        return gram
-
-    def _token_rows(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().to(self.dtype)
-        mask = self.mask
-        if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
-            return x[mask.to(x.device)]
-        return x.reshape(-1, x.shape[-1])
+    def summary(self) -> str:
+        """One line: directions per layer (min / mean / max), energy share (min / mean), prompts, tokens, seconds."""
+        d = self.to_dict()
+        energy = f"energy share min {d['energy_min']:.3f} mean {d['energy_mean']:.3f}" if self.energy else "energy n/a"
+        return (
+            f"anchor {self.adapter_name!r}: {d['layers']} layers, {d['rank_min']}/{d['rank_mean']:g}/{d['rank_max']} "
+            f"directions (min/mean/max), {energy}, {self.prompts} prompts, {self.tokens} tokens, {self.seconds:.2f} s"
+        )
 
 
-def _anchored_layers(peft_model: nn.Module, adapter_name: str) -> dict[str, nn.Module]:
+def short_name(name: str) -> str:
+    """A module name as the anchor state dict spells it: without PEFT's ``base_model.model.`` prefix."""
+    return name.removeprefix(MODEL_PREFIX)
+
+
+def check_peft_model(model: Any, caller: str) -> None:
+    """``TypeError`` unless ``model`` is a ``peft.PeftModel`` (``get_peft_model``'s result, or ``trainer.model``
+    before ``trainer.train()``)."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        raise TypeError(
+            f"{caller}: expected a peft.PeftModel (from get_peft_model(model, SLowEDConfig(...)), or trainer.model "
+            f"before trainer.train()); got {type(model).__module__}.{type(model).__name__}."
+        )
+
+
+def resolve_adapter(peft_model: Any, adapter_name: Optional[str], caller: str) -> tuple[str, Any]:
+    """``(name, config)`` of an anchored adapter (default: the active one); ``ValueError`` for a name the model does
+    not have (listing those it has) or an adapter without an anchor."""
+    if adapter_name is None:
+        active = getattr(peft_model, "active_adapter", "default")
+        adapter_name = active[0] if isinstance(active, (list, tuple)) else active
+    configs = getattr(peft_model, "peft_config", {})
+    if adapter_name not in configs:
+        raise ValueError(f"{caller}: no adapter named {adapter_name!r} (adapters: {sorted(configs)}).")
+    config = configs[adapter_name]
+    if not getattr(config, "anchored", False):
+        raise ValueError(
+            f"{caller}: adapter {adapter_name!r} has no safety anchor; create it with SLowEDConfig(anchor_rank=...) "
+            "and/or anchor_energy=..."
+        )
+    return adapter_name, config
+
+
+def anchored_layers(peft_model: nn.Module, adapter_name: str, caller: str = "fit_anchor") -> dict[str, nn.Module]:
+    """The SLowED layers that carry ``adapter_name``'s anchor, by full module name (``ValueError`` if none)."""
     from .layer import SLowEDLayer
 
-    return {
+    layers = {
         name: module
         for name, module in peft_model.named_modules()
         if isinstance(module, SLowEDLayer) and adapter_name in module.slowed_anchor
     }
+    if not layers:
+        raise ValueError(f"{caller}: the model has no SLowED layer with adapter {adapter_name!r}.")
+    return layers
 
 
-def _short(name: str) -> str:
-    return name.removeprefix("base_model.model.")
+def check_not_sharded(peft_model: nn.Module, caller: str) -> None:
+    """Refuse models already sharded by FSDP (``fully_shard`` / FSDP1): the fit stops the forward pass after the
+    last wrapped layer, which FSDP's hooks do not survive (the last block stays unsharded, its deltas stop training)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch build without distributed support cannot shard
+        FSDPModule = ()  # noqa: N806
+    sharded = any(type(p).__name__ == "DTensor" for p in peft_model.parameters()) or any(
+        isinstance(m, FSDPModule) or type(m).__name__ == "FullyShardedDataParallel" for m in peft_model.modules()
+    )
+    if sharded:
+        raise ValueError(
+            f"{caller}: the model is already sharded with FSDP. Fit the anchor before `fully_shard` / "
+            "`accelerator.prepare` / `trainer.train()`: every rank then fits the same bases from the same anchor "
+            "batches (or loads them with initialize_anchor_weights from one saved state dict), and sharding keeps them."
+        )
 
 
-def _format(tokenizer: Any, prompts: Sequence[str], chat_template: Optional[bool]) -> list[list[int]]:
-    """Token ids of each prompt, chat-formatted with a generation prompt when the tokenizer has a template."""
-    use_template = bool(getattr(tokenizer, "chat_template", None)) if chat_template is None else chat_template
-    ids = []
-    for prompt in prompts:
-        if use_template:
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+def _delta_is_zero(layer: nn.Module, adapter_name: str) -> bool:
+    from .layer import full_tensor
+
+    if adapter_name in layer.slowed_delta:
+        return not bool(full_tensor(layer.slowed_delta[adapter_name]).detach().any())
+    if adapter_name in layer.slowed_B:
+        return not bool(full_tensor(layer.slowed_B[adapter_name]).detach().any())
+    return True
+
+
+def check_refit(layers: Mapping[str, nn.Module], adapter_name: str, overwrite: bool, caller: str) -> None:
+    """Refuse to replace fitted bases under a non-zero delta unless ``overwrite``: it would change a trained model's
+    outputs, also on the earlier anchor prompts, without a word."""
+    if overwrite:
+        return
+    changed = [
+        short_name(name)
+        for name, layer in layers.items()
+        if layer.slowed_anchor[adapter_name].shape[-1] > 0 and not _delta_is_zero(layer, adapter_name)
+    ]
+    if changed:
+        raise ValueError(
+            f"{caller}: adapter {adapter_name!r} already has a fitted anchor and a non-zero delta (trained?) on "
+            f"{len(changed)} layer(s), e.g. {changed[0]!r}. Re-fitting would change the trained model's outputs, "
+            "also on the earlier anchor prompts. Pass overwrite=True to re-fit anyway, or fit before training."
+        )
+
+
+def whole_width_error(full: list[tuple[str, int]], config: Any, caller: str) -> ValueError:
+    """The error for bases that would protect a layer's whole input width (``full``: ``(name, width)``)."""
+    listed = ", ".join(f"{short_name(n)} ({w} of {w})" for n, w in full[:4]) + (", ..." if len(full) > 4 else "")
+    return ValueError(
+        f"{caller}: the anchor would protect the whole input width of {len(full)} layer(s): {listed}. Those layers "
+        f"could never learn (anchor_rank={config.anchor_rank}, anchor_energy={config.anchor_energy}). Set "
+        "anchor_rank below the widths, or a lower anchor_energy."
+    )
+
+
+def _scalar(state: Mapping[str, torch.Tensor], key: str, default: float = 0.0) -> float:
+    value = state.get(key)
+    return float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else default
+
+
+def check_state_dict(
+    state: Any, layers: Mapping[str, nn.Module], config: Any, caller: str, where: str = "the anchor state dict"
+) -> dict[str, torch.Tensor]:
+    """The bases of ``state`` by full module name, checked against the layers (names, widths, rank cap, whole width);
+    ``TypeError`` / ``ValueError`` naming the key and ``where``."""
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TypeError(f"{caller}: {where} must be a dict of str -> torch.Tensor (from get_anchor_state_dict).")
+    names = {short_name(n): n for n in layers}
+    bases = {k: v for k, v in state.items() if ":" not in k}
+    missing = [k for k in names if k not in bases]
+    extra = [k for k in bases if k not in names]
+    if missing or extra:
+        what = f"has no basis for layer {missing[0]!r}" if missing else f"has a basis for {extra[0]!r}, not a layer"
+        raise ValueError(
+            f"{caller}: {where} {what} of this adapter ({len(missing)} missing, {len(extra)} unknown; fitted on "
+            "another model or with other target_modules?)."
+        )
+    full = []
+    for key, basis in bases.items():
+        layer = layers[names[key]]
+        if basis.dim() != 2 or basis.shape[0] != layer.in_features:
+            raise ValueError(
+                f"{caller}: {where}: the basis {key!r} must be {layer.in_features} × k; got shape "
+                f"{tuple(basis.shape)} (fitted on another base model?)."
             )
-            ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-        else:
-            ids.append(tokenizer(prompt)["input_ids"])
-    return ids
+        if config.anchor_rank is not None and basis.shape[1] > config.anchor_rank:
+            raise ValueError(
+                f"{caller}: {where}: the basis {key!r} has {basis.shape[1]} directions, more than this adapter's "
+                f"anchor_rank={config.anchor_rank}."
+            )
+        if basis.shape[1] >= layer.in_features:
+            full.append((names[key], layer.in_features))
+    if full:
+        raise whole_width_error(full, config, caller)
+    return {names[k]: v for k, v in bases.items()}
+
+
+def record_report(peft_model: nn.Module, report: AnchorReport) -> None:
+    """Keep the report on the model (``slowed_card_info["anchor"]``), so ``save_pretrained`` writes it into the
+    adapter card (:mod:`slowed_peft.tuner.card`)."""
+    info = getattr(peft_model, "slowed_card_info", None)
+    info = dict(info) if isinstance(info, Mapping) else {}
+    info["anchor"] = report.to_dict()
+    peft_model.slowed_card_info = info
 
 
 @torch.no_grad()
-def _with_responses(model: nn.Module, tokenizer: Any, ids: list[list[int]], max_new_tokens: int, batch: int) -> list:
-    """Each prompt followed by the model's own greedy response (up to EOS or ``max_new_tokens``)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(ids), batch):
-        chunk = ids[i : i + batch]
-        width = max(len(s) for s in chunk)
-        input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in chunk], device=device)
-        attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in chunk], device=device)
-        generated = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-        )[:, width:]
-        for prompt, response in zip(chunk, generated.tolist()):
-            if eos in response:
-                response = response[: response.index(eos)]
-            out.append(prompt + response)
-    return out
-
-
-def _top_eigenpairs(second: torch.Tensor, rank: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (ascending) and eigenvectors (columns) of a second moment: all of them (``torch.linalg.eigh``), or,
-    for a rank well below the width, the top ``rank`` by randomized subspace iteration (Halko et al. 2011: 16 extra
-    columns, 2 power steps, then Rayleigh–Ritz) — matrix products instead of a full eigendecomposition, about 10×
-    faster at width 1536, and exact where the inputs span fewer than ``rank + 16`` directions."""
-    d = second.shape[0]
-    if rank is None or 4 * (rank + OVERSAMPLE) > d:
-        return torch.linalg.eigh(second)
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    basis = torch.randn(d, rank + OVERSAMPLE, generator=generator, dtype=second.dtype).to(second.device)
-    for _ in range(POWER_STEPS):
-        basis, _ = torch.linalg.qr(second @ basis)
-    values, vectors = torch.linalg.eigh(basis.T @ second @ basis)
-    return values[OVERSAMPLE:], (basis @ vectors)[:, OVERSAMPLE:]
-
-
-OVERSAMPLE, POWER_STEPS = 16, 2
-
-
-def _choose_rank(eigenvalues: torch.Tensor, rank: Optional[int], energy: Optional[float]) -> int:
-    """How many top eigenvectors to keep: the energy share and/or the rank cap, never noise-level directions."""
-    values = eigenvalues.flip(0).clamp_min(0.0)  # descending
-    top = float(values[0]) if values.numel() else 0.0
-    usable = int((values > NOISE_FLOOR * top).sum()) if top > 0 else 0
-    k = usable
-    if energy is not None and usable:
-        cumulative = torch.cumsum(values[:usable], 0) / values[:usable].sum()
-        k = min(usable, int((cumulative < energy - 1e-12).sum()) + 1)
-    if rank is not None:
-        k = min(k, rank)
-    return k
-
-
-def fit_anchor(
+def initialize_anchor_weights(
     peft_model: nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    *,
+    anchor_state_dict: Mapping[str, torch.Tensor],
     adapter_name: Optional[str] = None,
-    batch_size: int = 16,
-    max_length: int = 1024,
-    chat_template: Optional[bool] = None,
-    max_new_tokens: int = 64,
+    overwrite: bool = False,
 ) -> AnchorReport:
-    """Fit and install the safety anchor of every SLowED layer of ``adapter_name`` (default: the active adapter).
+    """Install anchor bases (from :func:`~slowed_peft.get_anchor_state_dict`, or loaded from its safetensors file) as
+    the adapter's frozen ``slowed_anchor`` buffers, as PEFT's ``initialize_lora_eva_weights`` installs EVA's state
+    dict.
 
-    ``prompts`` are plain user requests (chat-formatted here when the tokenizer has a template; ``chat_template``
-    forces it on or off). Which tokens count (``anchor_tokens``) and how many directions each layer keeps
-    (``anchor_rank`` / ``anchor_energy``) come from the adapter's ``SLowEDConfig``. The statistics are those of the
-    initial model (adapters disabled), so fit before training — or after, to re-anchor on the base. Works on a
-    ``PeftModel`` from ``get_peft_model`` or on ``trainer.model`` before ``trainer.train()``.
+    Layers whose bases are equal (q/k/v, gate/up: fitted on one input) share one buffer.
 
-    Raises ``ValueError`` for an adapter without an anchor, no or empty prompts, an ``anchor_rank`` not below a layer's
-    input width, non-finite activations, or a layer whose inputs carry no energy on the prompts.
+    Args:
+        peft_model: A ``peft.PeftModel`` with an anchored SLowED adapter, not yet sharded.
+        anchor_state_dict: ``dict[str, torch.Tensor]`` as described in :mod:`slowed_peft.tuner.anchor`.
+        adapter_name: The anchored adapter (default: the active one).
+        overwrite: Replace fitted bases under a delta that is no longer zero (a trained adapter), which changes
+            the model's outputs; refused otherwise.
+
+    Returns:
+        An :class:`AnchorReport` of what was installed.
+
+    Raises:
+        TypeError: ``peft_model`` is not a ``PeftModel`` or the state dict is not a dict of tensors.
+        ValueError: Unknown or unanchored adapter, a sharded model, a re-fit of a trained adapter without
+            ``overwrite``, or a state dict that does not fit the layers (names, widths, rank, whole width,
+            orthonormality).
     """
     started = time.time()
-    adapter_name = adapter_name or _active_adapter(peft_model)
-    config = getattr(peft_model, "peft_config", {}).get(adapter_name)
-    if config is None or not getattr(config, "anchored", False):
-        raise ValueError(
-            f"fit_anchor: adapter {adapter_name!r} has no safety anchor; create it with "
-            "SLowEDConfig(anchor_rank=...) and/or anchor_energy=..."
-        )
-    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or len(prompts) == 0:
-        raise ValueError("fit_anchor: no anchor prompts given (need a non-empty list of strings).")
-    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
-    if bad:
-        raise ValueError(f"fit_anchor: anchor prompt(s) at index {bad[:5]} are empty or not strings.")
-    if batch_size < 1 or max_length < 1:
-        raise ValueError(f"fit_anchor: batch_size and max_length must be >= 1; got {batch_size}, {max_length}.")
-    layers = _anchored_layers(peft_model, adapter_name)
-    if not layers:
-        raise ValueError(f"fit_anchor: the model has no SLowED layer with adapter {adapter_name!r}.")
-    rank = config.anchor_rank
-    if rank is not None:
-        too_wide = [(n, m.in_features) for n, m in layers.items() if rank >= m.in_features]
-        if too_wide:
-            name, width = too_wide[0]
-            raise ValueError(
-                f"fit_anchor: anchor_rank={rank} is not below the input width {width} of layer {_short(name)!r} "
-                f"({len(too_wide)} layer(s)): the layer could not learn at all. Use a smaller anchor_rank."
-            )
-
-    ids = _format(tokenizer, list(prompts), chat_template)
-    was_training = peft_model.training
-    peft_model.eval()
-    # Products in float64 when an energy share decides the rank (the whole spectrum matters: float32 products lose
-    # directions below ~1e-7 of the top one); float32 for a plain top-`anchor_rank` basis (2x faster, same top).
-    moments = _SecondMoments(layers, exact=config.anchor_energy is not None)
-    handles = []
-    tokens = 0
-    try:
-        with peft_model.disable_adapter():
-            if config.anchor_tokens == "prompt+response":
-                ids = _with_responses(peft_model, tokenizer, ids, max_new_tokens, batch_size)
-            ids = [s[:max_length] for s in ids]
-            handles = [m.register_forward_pre_hook(moments.hook(n), with_kwargs=True) for n, m in layers.items()]
-            device = next(peft_model.parameters()).device
-            with torch.no_grad():
-                for i in range(0, len(ids), batch_size):
-                    chunk = ids[i : i + batch_size]
-                    width = max(len(s) for s in chunk)
-                    input_ids = torch.tensor([s + [0] * (width - len(s)) for s in chunk], device=device)
-                    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk], device=device)
-                    moments.start_batch(mask.bool())
-                    tokens += int(mask.sum())
-                    try:
-                        peft_model(input_ids=input_ids, attention_mask=mask, use_cache=False)
-                    except _StopForward:
-                        pass
-                    moments._flush()
-    finally:
-        for handle in handles:
-            handle.remove()
-        peft_model.train(was_training)
-
-    report = AnchorReport(adapter_name=adapter_name, prompts=len(ids), tokens=tokens)
-    bases: dict[tuple, tuple[torch.Tensor, float]] = {}
+    caller = "initialize_anchor_weights"
+    check_peft_model(peft_model, caller)
+    adapter_name, config = resolve_adapter(peft_model, adapter_name, caller)
+    check_not_sharded(peft_model, caller)
+    layers = anchored_layers(peft_model, adapter_name, caller)
+    bases = check_state_dict(anchor_state_dict, layers, config, caller)
+    check_refit(layers, adapter_name, overwrite, caller)
+    report = AnchorReport(
+        adapter_name=adapter_name,
+        prompts=int(_scalar(anchor_state_dict, SEQUENCES)),
+        tokens=int(_scalar(anchor_state_dict, TOKENS)),
+    )
+    installed: dict[tuple, list[torch.Tensor]] = {}
     for name, layer in layers.items():
-        groups = tuple(sorted((g for g in moments.sums if name in g), key=lambda g: sorted(g)))
-        if not groups:
-            raise ValueError(f"fit_anchor: layer {_short(name)!r} was not reached by the forward pass.")
-        if groups not in bases:
-            second = sum(moments.sums[g] for g in groups)
-            values, vectors = _top_eigenpairs(second, rank if config.anchor_energy is None else None)
-            k = _choose_rank(values, rank, config.anchor_energy)
-            if k == 0:
-                raise ValueError(
-                    f"fit_anchor: the inputs of layer {_short(name)!r} carry no energy on the anchor prompts "
-                    "(all zero); nothing to anchor there."
-                )
-            total = float(torch.diagonal(second).sum())  # trace: the whole energy, also when only the top is known
-            kept = float(values.flip(0)[:k].clamp_min(0).sum())
-            bases[groups] = (vectors[:, -k:].flip(1).float().contiguous(), kept / total if total > 0 else 1.0)
-        q, share = bases[groups]
-        install_anchor(layer, adapter_name, q)
-        report.ranks[_short(name)] = q.shape[1]
-        report.energy[_short(name)] = share
+        basis = bases[name].detach()
+        bucket = installed.setdefault((tuple(basis.shape), basis.dtype), [])
+        same = next((b for b in bucket if b is basis or torch.equal(b, basis)), None)
+        if same is None:
+            bucket.append(basis)
+        install_anchor(layer, adapter_name, basis if same is None else same)
+        short = short_name(name)
+        report.ranks[short] = basis.shape[1]
+        energy = anchor_state_dict.get(short + ENERGY_SUFFIX)
+        if isinstance(energy, torch.Tensor) and energy.numel() == 1:
+            report.energy[short] = float(energy)
     report.seconds = round(time.time() - started, 2)
+    record_report(peft_model, report)
     return report
-
-
-def _active_adapter(peft_model: nn.Module) -> str:
-    active = getattr(peft_model, "active_adapter", "default")
-    return active[0] if isinstance(active, (list, tuple)) else active
 
 
 @torch.no_grad()
@@ -323,6 +310,11 @@ def install_anchor(layer: nn.Module, adapter_name: str, basis: torch.Tensor) -> 
         raise ValueError(
             f"An anchor basis for this layer must be {layer.in_features} × k; got shape {tuple(basis.shape)} "
             "(fitted on another base model?)."
+        )
+    if basis.shape[1] >= layer.in_features:
+        raise ValueError(
+            f"An anchor basis of {basis.shape[1]} directions protects the layer's whole input width "
+            f"{layer.in_features}: the layer could never learn. Use fewer directions."
         )
     check_orthonormal(basis, "the anchor basis")
     device = layer.get_base_layer().weight.device

@@ -7,6 +7,7 @@ once per process (the first time a ``SLowEDModel`` is built, never at import): f
 
 What goes into the card beyond the config: set ``peft_model.slowed_card_info = {"training": {...}, "metrics": {...}}``
 before saving (e.g. the training script's hyper-parameters and the evaluation report); both are optional.
+``fit_anchor`` / ``initialize_anchor_weights`` add ``"anchor"`` (the fit's report), shown under "Safety anchor".
 """
 
 from __future__ import annotations
@@ -43,6 +44,33 @@ def _table(rows: Mapping[str, Any]) -> str:
             value = ", ".join(f"{k}: {v}" for k, v in value.items())
         lines.append(f"| {_cell(key)} | {_cell(value)} |")
     return "\n".join(lines)
+
+
+def _anchor_section(config: Any, fit: Optional[Mapping[str, Any]]) -> list[str]:
+    """What the safety anchor protects: its settings and, when fitted in this process, the fit's report."""
+    rows: dict[str, Any] = {
+        "anchor_rank": config.anchor_rank,
+        "anchor_energy": config.anchor_energy,
+        "anchor_tokens": config.anchor_tokens,
+    }
+    if fit:
+        rows.update(
+            {
+                "layers": fit.get("layers"),
+                "directions per layer (min / mean / max)": f"{fit.get('rank_min')} / {fit.get('rank_mean')} / "
+                f"{fit.get('rank_max')}",
+                "energy share (min / mean)": f"{fit.get('energy_min')} / {fit.get('energy_mean')}",
+                "anchor prompts": fit.get("prompts"),
+                "anchor tokens": fit.get("tokens"),
+                "fit seconds": fit.get("seconds"),
+            }
+        )
+    text = (
+        "Every wrapped layer keeps its delta out of a frozen orthonormal basis `Q` of the input directions that the "
+        "anchor prompts use (`ΔW = c·γ·(D − D Q Qᵀ)`), so `ΔW·x = 0` for inputs in span(`Q`): the layer computes as "
+        "the base model did there."
+    )
+    return [text, _table(rows)]
 
 
 def adapter_card(config: Any, base_model: Optional[str], info: Optional[Mapping[str, Any]] = None) -> str:
@@ -90,6 +118,8 @@ def adapter_card(config: Any, base_model: Optional[str], info: Optional[Mapping[
         if info.get("training")
         else "Not recorded with the adapter (set `peft_model.slowed_card_info['training']` before saving).",
     ]
+    if getattr(config, "anchored", False):
+        parts += ["## Safety anchor", *_anchor_section(config, info.get("anchor"))]
     if info.get("metrics"):
         parts += ["## Evaluation", _table(info["metrics"])]
     load_base = hub_base if _is_hub_id(hub_base) else "path/to/base-model"

@@ -213,8 +213,9 @@ class SLowEDLayer(BaseTunerLayer):
             if name in self.slowed_anchor and self.slowed_anchor[name].shape[-1] == 0:
                 raise ValueError(
                     f"SLowED adapter {name!r} has a safety anchor (anchor_rank={self.anchor_rank.get(name)!r}) but no "
-                    "fitted bases, so it would protect nothing. Call `slowed_peft.fit_anchor(peft_model, tokenizer, "
-                    "prompts)` before training (SLowEDTrainer: pass `anchor_prompts=`)."
+                    "fitted bases, so it would protect nothing. Before training call "
+                    "`slowed_peft.fit_anchor(peft_model, slowed_peft.anchor_dataloader(tokenizer, prompts))` "
+                    "(with a trainer: on `trainer.model`, before `trainer.train()`)."
                 )
 
     def _low_rank_factors(self, adapter_name: str, gather: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
