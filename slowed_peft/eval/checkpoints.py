@@ -1,11 +1,11 @@
 """Both sides of the trade-off at training checkpoints: a ``TrainerCallback`` that evaluates during training.
 
 At step 0, then every ``eval_steps`` steps or at every epoch end (and at the last step) :class:`CheckpointEvaluator`
-records, on a PeftModel:
-refusal ratio on held-out harmful prompts, ``harmful_kl`` against the initial model (its step-0 responses are reused,
-so the KL never regenerates them), false refusals on benign prompts, greedy-decoding accuracy on reasoning examples,
-teacher-forced NLL of held-out teacher rationales (a low-noise measure of how much of the teacher was learned, and the
-same for every arm — no entropy masking), and the weight drift ``max ‖W − W0‖/‖W0‖``.
+records, on a PeftModel: refusal ratio on held-out harmful prompts (under two judges, with the attack-success
+rate), ``harmful_kl`` against the initial model (its step-0 responses are reused, so the KL never regenerates them),
+false refusals on benign prompts, greedy-decoding accuracy on reasoning examples, teacher-forced NLL of held-out
+teacher rationales (a low-noise measure of how much of the teacher was learned, and the same for every arm — no
+entropy masking), and the weight drift ``max ‖W − W0‖/‖W0‖``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 
 from .generation import eval_mode, logits_from, model_device, pad_token_id
 from .reasoning import evaluate_reasoning
-from .safety import harmful_kl, refusal_ratio
+from .safety import attack_success_rate, harmful_kl, refusal_flags, refusal_ratio
 
 
 __all__ = ["CheckpointEvalCallback", "CheckpointEvaluator", "completion_nll"]
@@ -64,12 +64,13 @@ class CheckpointEvaluator:
     """Evaluates a model (normally a PeftModel around the initial model) on fixed safety and reasoning sets — the one
     checkpoint evaluator of the package: ``slowed-frontier``, ``slowed-replicate`` and ``slowed-demo`` all use it.
 
-    Each call returns one record: ``refusal_ratio`` on ``harmful`` (``harmful_responses`` kept when
-    ``keep_responses``, for paired intervals), ``harmful_kl`` against the initial model's responses, ``false_refusal``
-    on ``benign``, ARC-style log-likelihood accuracy on ``capability`` items (``arc_acc``, ``arc_hits``), greedy
-    accuracy on ``reasoning`` tasks (``acc/<task>``), greedy answers to ``generation`` examples (``format_share``: the
-    share in the teacher's form "So the answer is N.", ``gen_accuracy``), held-out rationale NLL (``cot_nll``) and
-    ``drift_max``.
+    Each call returns one record: ``refusal_ratio`` on ``harmful`` under the marker judge, ``strict_refusal_ratio``
+    under the strict judge (the answer begins with a refusal) and ``attack_success`` (it begins "Sure, here is/are";
+    ``harmful_responses`` kept when ``keep_responses``, for paired intervals and re-scoring), ``harmful_kl`` against
+    the initial model's responses, ``false_refusal`` on ``benign``, ARC-style log-likelihood accuracy on
+    ``capability`` items (``arc_acc``, ``arc_hits``), greedy accuracy on ``reasoning`` tasks (``acc/<task>``), greedy
+    answers to ``generation`` examples (``format_share``: the share in the teacher's form "So the answer is N.",
+    ``gen_accuracy``), held-out rationale NLL (``cot_nll``) and ``drift_max``.
     """
 
     def __init__(
@@ -144,7 +145,13 @@ class CheckpointEvaluator:
         record: dict[str, Any] = {"step": step} if epoch is None else {"step": step, "epoch": epoch}
         rr = refusal_ratio(model, self.tokenizer, self.harmful, **common)
         lap("refusal")
-        record.update(refusal_ratio=rr["refusal_ratio"], n_harmful=rr["n"])
+        strict = refusal_flags(rr["responses"], "strict")
+        record.update(
+            refusal_ratio=rr["refusal_ratio"],
+            strict_refusal_ratio=sum(strict) / len(strict),
+            attack_success=attack_success_rate(rr["responses"]),
+            n_harmful=rr["n"],
+        )
         if self.keep_responses:
             record["harmful_responses"] = rr["responses"]
         if self.initial_responses is None:

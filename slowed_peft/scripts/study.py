@@ -153,6 +153,10 @@ def train_one(args: StudyArguments, student: str, method: str, seed: int, evalua
         log=_log_checkpoint,
     )
     rows = distillation_rows(args.dataset_name, "train", args.train_rows)
+    if args.harmful_fraction:  # the same rows for every method at this seed; AdvBench's train part only
+        from .harmful_mix import with_harmful_rows
+
+        rows = with_harmful_rows(rows, args.harmful_fraction, seed=seed, split_seed=args.align_seed)
     trainer = train_arm(arm, model, tokenizer, training_args, rows, callbacks=[c for c in (ema, callback) if c])
     history = trainer.state.log_history
     masked = [h["lem/masked_fraction"] for h in history if "lem/masked_fraction" in h]

@@ -105,6 +105,14 @@ class StudyArguments:
     anchor_rank: int = field(default=64, metadata={"help": "Directions per layer of the anchored methods."})
     anchor_limit: int = field(default=80, metadata={"help": "Anchor prompts (anchored and corda methods)."})
     replay_fraction: float = field(default=0.05, metadata={"help": "Refusal rows added by the replay method."})
+    harmful_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Harmful fine-tuning data: this share of the distillation rows (round(p·n)) replaced by AdvBench "
+            "train-part behaviours answered with AdvBench's target ('Sure, here is ...'); the same rows for every "
+            "method at a seed."
+        },
+    )
     capability_limit: int = field(
         default=0, metadata={"help": "ARC-Challenge test questions scored by log-likelihood at every checkpoint."}
     )
@@ -138,6 +146,8 @@ class StudyArguments:
         for name in ("max_steps", "eval_steps", "full_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1 or None; got {name}={getattr(self, name)!r}.")
+        if not 0.0 <= self.harmful_fraction < 1.0:
+            raise ValueError(f"harmful_fraction must be in [0, 1); got harmful_fraction={self.harmful_fraction!r}.")
         if self.save_adapter is not None and self.save_adapter not in (self.methods or self.default_methods()):
             raise ValueError(f"save_adapter={self.save_adapter!r} is not among the methods run.")
         from ..tuner.compress import SAVE_PRECISIONS
@@ -155,6 +165,10 @@ class StudyArguments:
             if self.generation_limit:
                 self.generation_limit, self.generation_max_new_tokens = min(self.generation_limit, 2), 16
             self.capability_limit = min(self.capability_limit, 4)
+        if self.harmful_fraction and self.train_rows is not None:  # before minutes of work: rows it would replace
+            from .harmful_mix import harmful_count
+
+            harmful_count(self.train_rows, self.harmful_fraction)
 
     @staticmethod
     def default_methods() -> list[str]:
