@@ -1,4 +1,4 @@
-"""Issue 24, point 1: answer parsing is linear in the text. Rows of runs of spaces / newlines that took the old
+"""Answer parsing is linear in the text. Rows of runs of spaces / newlines that took the old
 regular expressions minutes to hours (``So the answer is\\s*(.+?)\\s*\\.?\\s*$`` is cubic in spaces, the trailing-answer
 and new-question patterns quadratic in blank lines) parse in well under a second, with the same results."""
 

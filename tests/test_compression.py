@@ -246,7 +246,7 @@ def _scale_book(factor: float, scale: float):
         (_scale_book(1e30, 1.0), r"norm .*overflows"),
     ],
 )
-def test_issue24_tampered_book_and_scale_are_refused_naming_file_and_key(tmp_path, edit, match):
+def test_tampered_book_and_scale_are_refused_naming_file_and_key(tmp_path, edit, match):
     f = _saved(tmp_path)
     state = load_file(f)
     key = sorted(C.compressed_modules(state))[0]

@@ -138,7 +138,7 @@ def test_wheel_ships_the_pth_at_its_root(tmp_path):
     assert "slowed_peft/lm_eval_tasks/slowed_gsm8k.yaml" in names
 
 
-# ---------------------------------------------------------------------------------------- issue 24, point 7
+# ---------------------------------------------------- a half-removed install and a failing import do not break peft
 
 
 def bare_python(code: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""Issue 24, point 8: hostile inputs get a clear ``ValueError`` naming the file / row / column — safetensors headers
+"""Hostile inputs get a clear ``ValueError`` naming the file / row / column — safetensors headers
 (a list, deep nesting, shapes x dtype against offsets), ``add_weighted_adapter``, answers that are lists / dicts /
 bools, empty prompts and NUL bytes."""
 

@@ -257,7 +257,7 @@ def test_collator_bad_data():
         c([example([1, 2], [math.nan, 1.0]), example([1, 2, 3], [math.nan, 1.0])])
     with pytest.raises(ValueError, match=r"NaN entropy at a label position \(example 0, position 2\)"):
         c([example([1, 2, 3], [math.nan, 1.0, math.nan])])
-    # a batch without label tokens contributes zero loss, as in plain SFT (issue 24): nothing masked, nothing counted
+    # a batch without label tokens contributes zero loss, as in plain SFT: nothing masked, nothing counted
     out = c([example([1, 2, 3], [math.nan, 1.0, 1.0], labels=[-100, -100, -100])])
     assert out["labels"].tolist() == [[-100, -100, -100]] and c.stats.candidates == 0
     with pytest.raises(ValueError, match="no 'token_entropy' column.*annotate_entropy"):

@@ -306,7 +306,7 @@ def test_recipe_trains_the_baseline_arms(tmp_path, tiny_dir, arm, peft_type):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / f"out-{arm}"
-    exact = ["--save_precision", "fp32"]  # the final dense adapter is 4-bit by default (issue 24)
+    exact = ["--save_precision", "fp32"]  # the final dense adapter is 4-bit by default
     trainer = sft_run(["--config", tiny_recipe(tmp_path, tiny_dir), "--arm", arm, "--output_dir", str(out), *exact])
     assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == peft_type
     loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), str(out))

@@ -1,4 +1,4 @@
-"""Issue 24, points 4, 5 (trainer half) and 8 (initial entropy): resuming refuses changed adapter settings, trainer
+"""Resuming refuses changed adapter settings, trainer
 checkpoints are always exact (a ``save_precision="4bit"`` run resumes bit for bit), and an all-masked micro-batch
 does not abort an ``entropy_source="initial"`` run."""
 

@@ -1,4 +1,4 @@
-"""Issue 24, point 5 (recipe half): ``slowed-sft`` writes its final dense adapter in 4 bits by default
+"""``slowed-sft`` writes its final dense adapter in 4 bits by default
 (``--save_precision fp32`` for the exact one), its card says which, and its trainer checkpoints stay exact."""
 
 from __future__ import annotations

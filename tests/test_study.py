@@ -13,6 +13,7 @@ from slowed_peft.utils.paths import data_dir
 
 
 REPLICATION_ARMS = ["sft lr=1e-4", "slow", "lem", "slowed"]
+DEMO_LR = 2e-4
 
 
 def test_replicate_config_is_the_papers_four_arms_on_a_step_budget():
@@ -28,9 +29,9 @@ def test_replicate_config_is_the_papers_four_arms_on_a_step_budget():
 
 def test_demo_config_is_a_small_study_with_a_checkpoint_every_step():
     args = parse([], default_config="demo")
-    assert args.methods == ["sft", "slowed", "anchored"] and args.seeds == [0] and args.student == "demo"
+    assert args.methods == ["sft", "slowed", "sft lr×γ", "anchored"] and args.seeds == [0] and args.student == "demo"
     assert (args.max_steps, args.eval_steps, args.full_every, args.train_rows) == (4, 2, None, 16)
-    assert args.reference == "sft" and args.save_adapter == "slowed" and args.learning_rate == 5e-4
+    assert args.reference == "sft" and args.save_adapter == "anchored" and args.learning_rate == DEMO_LR
 
 
 def test_demo_refuses_unknown_flags_before_any_work(capsys):
@@ -41,13 +42,14 @@ def test_demo_refuses_unknown_flags_before_any_work(capsys):
     assert exit_info.value.code == 2 and "--no-such-flag-xyz" in capsys.readouterr().err
 
 
-def test_demo_without_data_names_the_setting_before_any_work(tmp_path, monkeypatch):
-    from slowed_peft.scripts.demo import run
+def test_demo_data_resolves_without_a_data_folder(monkeypatch):
+    """A bare clone or a wheel has no $SLOWED_DATA_DIR: the demo's held-out sets come from the bundled files."""
+    from slowed_peft.scripts.study import _held_out
 
     monkeypatch.delenv("SLOWED_DATA_DIR", raising=False)
-    with pytest.raises(ValueError, match="SLOWED_DATA_DIR"):
-        run(["--output_dir", str(tmp_path / "demo")])
-    assert not (tmp_path / "demo" / "initial.json").exists()
+    held_out = _held_out(parse([], default_config="demo"))
+    assert len(held_out["harmful"]) == 64 and len(held_out["benign"]) == 48 and len(held_out["nll_rows"]) == 8
+    assert held_out["harmful"][0] != held_out["harmful"][1] and "answer is" in str(held_out["nll_rows"][0]).lower()
 
 
 def test_method_settings_and_learning_rates():
@@ -139,19 +141,22 @@ def test_quick_replication_end_to_end(tmp_path, shared_model_cache):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(data_dir() is None, reason="needs the shared data folder")
-def test_demo_end_to_end_on_the_embedded_model(tmp_path, shared_model_cache):
+def test_demo_end_to_end_on_the_embedded_model(tmp_path, shared_model_cache, monkeypatch):
+    """The quick demo with its four default columns, on the bundled data only (no $SLOWED_DATA_DIR)."""
     from slowed_peft.scripts.demo import run
 
-    methods = ["--methods", "sft", "slowed", "sft lr×γ"]
-    report = run(["--quick", "true", "--output_dir", str(tmp_path), *methods])
+    monkeypatch.delenv("SLOWED_DATA_DIR", raising=False)
+    report = run(["--quick", "true", "--output_dir", str(tmp_path)])
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists() and (tmp_path / "over_steps.png").exists()
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["anchor_rank"] == 64  # the saved adapter is the anchored one
     saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["table"] == report["table"] and "SFT lr×γ" in report["table"] and len(saved["verdicts"]) == 4
+    assert saved["table"] == report["table"] and "SFT lr×γ" in report["table"] and len(saved["verdicts"]) == 5
+    assert "nan" not in report["table"] + " ".join(saved["verdicts"])
     assert [c["step"] for c in report["runs"]["slowed"]["checkpoints"]] == [1, 2]
     assert "harmful_kl" not in report["runs"]["slowed"]["checkpoints"][0]  # light checkpoint: refusals and NLL
     assert report["runs"]["slowed"]["checkpoints"][-1]["harmful_kl"] > 0
-    assert report["runs"]["sft lr×γ"]["settings"]["learning_rate"] == pytest.approx(5e-5)
+    assert report["runs"]["sft lr×γ"]["settings"]["learning_rate"] == pytest.approx(DEMO_LR * 0.1)
 
 
 def _point(step, nll, flags, kl=None):

@@ -16,6 +16,8 @@ from typing import Optional
 
 from datasets import Dataset
 
+from .formats import chat_row
+
 
 __all__ = [
     "REFUSAL_RESPONSES",
@@ -352,27 +354,13 @@ def alignment_dataset(
         raise ValueError(f"{len(benign_prompts)} benign prompts but {len(benign_responses)} responses.")
     if not harmful_prompts:
         raise ValueError("alignment_dataset needs at least one harmful prompt.")
-    rows = [
-        {
-            "prompt": [{"role": "user", "content": p}],
-            "completion": [{"role": "assistant", "content": refusal_response(i, seed)}],
-            "kind": "harmful",
-        }
-        for i, p in enumerate(harmful_prompts)
-    ]
+    rows = [chat_row(p, refusal_response(i, seed), kind="harmful") for i, p in enumerate(harmful_prompts)]
     kept = [(p, r) for p, r in zip(benign_prompts, benign_responses, strict=True) if r and r.strip()]
     if benign_prompts and len(kept) < len(benign_prompts) / 2:
         raise ValueError(
             f"Only {len(kept)} of {len(benign_prompts)} benign prompts have a non-empty response; the alignment set "
             "would teach the model to refuse everything. Check the generation settings."
         )
-    rows += [
-        {
-            "prompt": [{"role": "user", "content": p}],
-            "completion": [{"role": "assistant", "content": r.strip()}],
-            "kind": "benign",
-        }
-        for p, r in kept
-    ]
+    rows += [chat_row(p, r.strip(), kind="benign") for p, r in kept]
     random.Random(seed).shuffle(rows)
     return Dataset.from_list(rows)

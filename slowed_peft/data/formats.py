@@ -85,11 +85,7 @@ def to_prompt_completion(
     gold = answer_field(answer, columns[2])
     target = completion_text(rationale, gold)
     if conversational:
-        return {
-            "prompt": [{"role": "user", "content": question}],
-            "completion": [{"role": "assistant", "content": target}],
-            "answer": gold,
-        }
+        return chat_row(question, target, answer=gold)
     return {"prompt": PROMPT_TEMPLATE.format(question=question), "completion": " " + target, "answer": gold}
 
 
@@ -100,11 +96,7 @@ def to_conversational(row: dict[str, Any]) -> dict[str, Any]:
         return dict(row)  # already conversational
     match = re.fullmatch(r"Question: (.*)\nAnswer:", prompt, flags=re.DOTALL)
     question = match.group(1) if match else prompt
-    return {
-        **row,
-        "prompt": [{"role": "user", "content": question}],
-        "completion": [{"role": "assistant", "content": completion.strip()}],
-    }
+    return {**row, **chat_row(question, completion.strip())}
 
 
 def rows_to_dataset(rows: Iterable[dict[str, Any]], what: str = "dataset") -> Dataset:
@@ -193,11 +185,7 @@ def from_columns(
                 )
         target = completion_text(completion, gold)
         if conversational:
-            return {
-                "prompt": [{"role": "user", "content": prompt}],
-                "completion": [{"role": "assistant", "content": target}],
-                "answer": canonical_answer(gold),
-            }
+            return chat_row(prompt, target, answer=canonical_answer(gold))
         sep = "" if prompt[-1:].isspace() else " "
         return {"prompt": prompt, "completion": sep + target, "answer": canonical_answer(gold)}
 
@@ -223,3 +211,45 @@ def from_question_rationale_answer(
             columns=(question_column, rationale_column, answer_column),
         ),
     )
+
+
+# ------------------------------------------------------------------------------------------- the chat format
+
+
+def user_turn(content: str) -> list[dict[str, str]]:
+    """One user message: the chat format of a single prompt (the one place it is spelled out)."""
+    return [{"role": "user", "content": content}]
+
+
+def chat_row(prompt: str, completion: str, **columns: Any) -> dict[str, Any]:
+    """A conversational prompt-completion row (TRL's format): one user turn, one assistant turn, extra columns."""
+    return {"prompt": user_turn(prompt), "completion": [{"role": "assistant", "content": completion}], **columns}
+
+
+def has_chat_template(tokenizer) -> bool:
+    """Whether ``tokenizer`` carries a chat template."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def format_prompts(
+    tokenizer,
+    prompts: Sequence[str],
+    use_chat_template: bool = True,
+    system_prompt: Optional[str] = None,
+) -> list[str]:
+    """Wrap each prompt as a single user turn with the chat template (plus generation prompt) when there is one.
+
+    Without a chat template (or with ``use_chat_template=False``) the prompts are returned unchanged, and
+    ``system_prompt`` (if any) is prepended followed by a blank line.
+    """
+    if use_chat_template and has_chat_template(tokenizer):
+        out = []
+        for prompt in prompts:
+            messages = user_turn(prompt)
+            if system_prompt is not None:
+                messages.insert(0, {"role": "system", "content": system_prompt})
+            out.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        return out
+    if system_prompt:
+        return [f"{system_prompt}\n\n{p}" for p in prompts]
+    return list(prompts)

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from ..data.formats import format_prompts, has_chat_template  # re-exported; their one home is data.formats
 from .decoding import (
     MIN_SHARED_PREFIX,
     common_prefix_length,
@@ -21,35 +22,6 @@ from .decoding import (
 
 
 __all__ = ["format_prompts", "generate_batched", "generate_ids", "has_chat_template", "logits_from", "model_device"]
-
-
-def has_chat_template(tokenizer) -> bool:
-    """Whether ``tokenizer`` carries a chat template."""
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def format_prompts(
-    tokenizer,
-    prompts: Sequence[str],
-    use_chat_template: bool = True,
-    system_prompt: Optional[str] = None,
-) -> list[str]:
-    """Wrap each prompt as a single user turn with the chat template (plus generation prompt) when there is one.
-
-    Without a chat template (or with ``use_chat_template=False``) the prompts are returned unchanged, and
-    ``system_prompt`` (if any) is prepended followed by a blank line.
-    """
-    if use_chat_template and has_chat_template(tokenizer):
-        out = []
-        for prompt in prompts:
-            messages = [{"role": "user", "content": prompt}]
-            if system_prompt is not None:
-                messages.insert(0, {"role": "system", "content": system_prompt})
-            out.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        return out
-    if system_prompt:
-        return [f"{system_prompt}\n\n{p}" for p in prompts]
-    return list(prompts)
 
 
 def uses_template(tokenizer, use_chat_template: bool) -> bool:

@@ -51,29 +51,6 @@ def plot_training(history: Sequence[Mapping[str, Any]], path: str, title: str = 
     return path
 
 
-def plot_before_after(metrics: Mapping[str, tuple[float, float]], path: str, title: str = "") -> str:
-    """Grouped bars ``{metric: (before, after)}`` (values in [0, 1] read best); returns ``path``."""
-    plt = _pyplot()
-    names = list(metrics)
-    before = [metrics[n][0] for n in names]
-    after = [metrics[n][1] for n in names]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(names)), 3.4))
-    xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], before, width=0.4, label="before")
-    ax.bar([x + 0.2 for x in xs], after, width=0.4, label="after")
-    for x, b, a in zip(xs, before, after):
-        ax.text(x - 0.2, b, f"{b:.2f}", ha="center", va="bottom", fontsize=7)
-        ax.text(x + 0.2, a, f"{a:.2f}", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels(names, rotation=15, fontsize=8)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    if title:
-        ax.set_title(title, fontsize=10)
-    _save(plt, fig, path)
-    return path
-
-
 def plot_over_steps(
     runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[tuple[str, str]], path: str, title: str = ""
 ) -> Optional[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +21,12 @@ def format_value(
 ) -> str:
     """One table cell: the one number formatter of the package's text / markdown tables.
 
-    ``None`` -> ``missing``; floats -> ``digits`` decimals, or in scientific notation when ``tiny`` and
+    ``None`` and NaN -> ``missing`` (a measure a checkpoint did not take is not a number to print); floats -> ``digits`` decimals, or in scientific notation when ``tiny`` and
     ``0 < |value| < 1e-3`` (a KL of ``3e-05`` must not print as ``0.000``), or with ``significant`` significant
     digits when that is given (``.4g``-style, for metrics of unknown scale); anything else (ints, bools, text) ->
     ``str(value)``.
     """
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return missing
     if not isinstance(value, float):
         return str(value)
@@ -140,3 +141,9 @@ def compare_table(before: Union[EvalReport, Mapping[str, Any]], after: Union[Eva
                 rows.append([f"{name}/{metric}", format_value(vb, 4), format_value(va, 4), _delta(vb, va)])
     title = f"before: {_name(b)}   after: {_name(a)}"
     return title + "\n\n" + _table(["metric", "before", "after", "delta"], rows)
+
+
+def plural(count: float, noun: str, plural_form: Optional[str] = None) -> str:
+    """``"1 seed"``, ``"3 seeds"``, ``"1.5 epochs"``: a count with its noun in the right number."""
+    text = f"{count:g}" if isinstance(count, float) else str(count)
+    return f"{text} {noun if count == 1 else (plural_form or noun + 's')}"

@@ -145,6 +145,7 @@ def best_baseline(summary: dict, level: str) -> Optional[str]:
 def verdicts(summary: dict) -> list[str]:
     """One line per claim: holds / does not hold / not resolvable at this scale, with the numbers."""
     from ..eval.report import format_value as f
+    from ..eval.report import plural
 
     lines = []
     methods = summary["methods"]
@@ -155,7 +156,8 @@ def verdicts(summary: dict) -> list[str]:
         eroded = ref["refusal_final"] < start - 0.05
         lines.append(
             f"**Plain SFT erodes safety: {'holds' if eroded else 'does not hold'}** — refusals {f(start)} → "
-            f"{f(ref['refusal_final'])} after {ref['epochs'][-1]:.2g} epochs ({reference}, {ref['seeds']} seed(s)), "
+            f"{f(ref['refusal_final'])} after {plural(round(ref['epochs'][-1], 2), 'epoch')} ({reference}, "
+            f"{plural(ref['seeds'], 'seed')}), "
             f"harmful KL {f(ref['kl_final'])}."
         )
     for level in ("50%", "80%"):
@@ -164,10 +166,10 @@ def verdicts(summary: dict) -> list[str]:
             if m not in methods:
                 continue
             if base is None or not methods[m].get(level):
-                who = "no baseline" if base is None else m
+                who = "none of the baselines reaches" if base is None else f"{m} does not reach"
                 lines.append(
-                    f"**{m} vs the best baseline at {level} of SFT's learning: not resolvable** — {who} does not reach "
-                    f"that much learning within {methods[m]['epochs'][-1]:.0f} epochs."
+                    f"**{m} vs the best baseline at {level} of SFT's learning: not resolvable** — {who} that much "
+                    f"learning within {plural(round(methods[m]['epochs'][-1], 2), 'epoch')}."
                 )
                 continue
             d = difference(summary, m, base, level)

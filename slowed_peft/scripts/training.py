@@ -92,9 +92,10 @@ def study_training_args(output_dir: str, *, seed: int, **settings: Any) -> SLowE
 def distillation_rows(name: str, split: str, limit: Optional[int]):
     """CoT rows whose user turn is exactly the evaluation prompt, so training and scoring ask the same question."""
     from ..data import load_cot_dataset
+    from ..data.formats import user_turn
     from ..eval.tasks import numeric_prompt
 
     ds = load_cot_dataset(name, split=split, limit=limit, conversational=True)
     if name in ("svamp", "gsm8k"):
-        ds = ds.map(lambda r: {"prompt": [{"role": "user", "content": numeric_prompt(r["prompt"][0]["content"])}]})
+        ds = ds.map(lambda r: {"prompt": user_turn(numeric_prompt(r["prompt"][0]["content"]))})
     return ds
