@@ -1,6 +1,7 @@
 """The anchored arm under ``accelerate launch`` with the shipped FSDP2 and DeepSpeed ZeRO-2 configs (2 CPU processes,
 gloo): every rank fits the same bases before the model is sharded, the forward passes keep them, and the losses and
-the saved adapter equal a 1-process run with the same global batch (issue 33)."""
+the saved adapter equal a 1-process run with the same global batch (issue 33). Plain ``torchrun`` (DDP) too, as
+tests/test_distributed.py runs the other arms."""
 
 from __future__ import annotations
 
@@ -73,32 +74,41 @@ def rank_flag(r: Optional[int]) -> dict:
     return {} if r is None else {"slowed_r": r}
 
 
+# launcher: (accelerate's distributed type, the worker's environment, recipe flags)
 LAUNCHES = {
     "fsdp2": ("FSDP", {"SLOWED_TEST_FSDP_ON_CPU": "1"}, {"use_cpu": "false"}),
     "zero2": ("DEEPSPEED", {}, {}),
+    "torchrun": ("MULTI_CPU", {}, {}),  # DDP, as tests/test_distributed.py launches the other arms
 }
 
 
-@pytest.mark.slow  # 1-process reference (shared per delta kind) + 2 accelerate processes per case; CI runs this tier
-@pytest.mark.parametrize("launcher, r", [("fsdp2", None), ("fsdp2", 4), ("zero2", None)])
-def test_anchored_arm_under_accelerate_matches_one_process(anchored, launcher, r):
+def launcher_prefix(root: Path, launcher: str) -> list[str]:
+    """The command that starts 2 processes: ``torchrun``, or ``accelerate launch`` with a shipped config."""
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    config = accelerate_config(root, launcher)
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--main_process_port", "0"]
+
+
+@pytest.mark.slow  # 1-process reference (one per delta kind, shared) + 2 processes per case; CI runs this tier
+@pytest.mark.parametrize("launcher, r", [("fsdp2", None), ("fsdp2", 4), ("zero2", None), ("torchrun", None)])
+def test_anchored_arm_on_two_processes_matches_one_process(anchored, launcher, r):
     if launcher == "zero2":
         pytest.importorskip("deepspeed")
     root, config, reference = anchored
     one, one_dump, one_out = reference(r)
     distributed_type, env, flags = LAUNCHES[launcher]
     out = root / f"{launcher}-r{r}"
-    prefix = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config(root, launcher)]
-    two, dump = run_worker(
-        [*prefix, "--main_process_port", "0"], config, out, env, per_device_train_batch_size=2, **rank_flag(r), **flags
-    )
+    prefix = launcher_prefix(root, launcher)
+    two, dump = run_worker(prefix, config, out, env, per_device_train_batch_size=2, **rank_flag(r), **flags)
 
     ranks = [json.loads((dump / f"rank{i}.json").read_text()) for i in range(2)]
     assert all(rank["distributed_type"] == distributed_type for rank in ranks), ranks
     if launcher == "fsdp2":  # really sharded by accelerate's fully_shard, not a DDP fallback
         assert all(rank["param_types"] == ["DTensor"] for rank in ranks), ranks
     else:
-        assert all(rank["wrapper"] == "DeepSpeedEngine" for rank in ranks), ranks
+        wrapper = "DeepSpeedEngine" if launcher == "zero2" else "DistributedDataParallel"
+        assert all(rank["wrapper"] == wrapper for rank in ranks), ranks
 
     # (a) the bases: each rank fitted the same ones (bit for bit) as the 1-process run, and trained with them
     reference_bases = load_file(one_dump / "rank0-fitted.safetensors")
