@@ -65,9 +65,18 @@ def test_every_batch_form_gives_the_same_bases_and_counts(tok):
     ids = _ids(tok)
     reference = get_anchor_state_dict(_model(), anchor_dataloader(tok, PROMPTS), show_progress_bar=False)
     width = max(map(len, ids))
-    right = [{"input_ids": [s + [0] * (width - len(s)) for s in ids], "attention_mask": [[1] * len(s) + [0] * (width - len(s)) for s in ids]}]
-    left = [{"input_ids": torch.tensor([[7] * (width - len(s)) + s for s in ids]),
-             "attention_mask": torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in ids])}]
+    right = [
+        {
+            "input_ids": [s + [0] * (width - len(s)) for s in ids],
+            "attention_mask": [[1] * len(s) + [0] * (width - len(s)) for s in ids],
+        }
+    ]
+    left = [
+        {
+            "input_ids": torch.tensor([[7] * (width - len(s)) + s for s in ids]),
+            "attention_mask": torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in ids]),
+        }
+    ]
     one_by_one = ({"input_ids": torch.tensor(s)} for s in ids)  # a generator of 1-D sequences, no mask
     for form in (right, left, one_by_one):
         state = get_anchor_state_dict(_model(), form, show_progress_bar=False)
@@ -112,14 +121,18 @@ def test_cache_file_is_written_once_then_reused_only_when_it_matches(tok, tmp_pa
     reused = _model()
     again = fit_anchor(reused, never(), cache_file=cache, show_progress_bar=False)
     assert again.ranks == first.ranks and again.tokens == first.tokens
-    with pytest.raises(ValueError, match=r"file .*sub.* fitted with anchor_rank=6 \('anchor:rank'\); this adapter has anchor_rank=5"):
+    with pytest.raises(
+        ValueError, match=r"file .*sub.* fitted with anchor_rank=6 \('anchor:rank'\); this adapter has anchor_rank=5"
+    ):
         get_anchor_state_dict(_model(anchor_rank=5), never(), cache_file=cache)
     with pytest.raises(ValueError, match=r"anchor_tokens=prompt \('anchor:with_responses'\)"):
         get_anchor_state_dict(_model(anchor_tokens="prompt+response"), never(), cache_file=cache)
     with pytest.raises(ValueError, match=r"anchor cache file .*sub.*must be 32 × k; got shape \(64, 6\)"):
         get_anchor_state_dict(_model(hidden=32), never(), cache_file=cache)
     other_targets = get_peft_model(_llama(), SLowEDConfig(target_modules=["q_proj"], anchor_rank=6))
-    with pytest.raises(ValueError, match=r"has a basis for 'model.layers.[^']*', not a layer of this adapter \(0 missing, 12 unknown"):
+    with pytest.raises(
+        ValueError, match=r"has a basis for 'model.layers.[^']*', not a layer of this adapter \(0 missing, 12 unknown"
+    ):
         get_anchor_state_dict(other_targets, never(), cache_file=cache)
     with open(cache, "r+b") as f:
         f.truncate(100)

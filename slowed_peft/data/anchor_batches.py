@@ -104,9 +104,20 @@ def token_dataloader(
     return DataLoader(list(sequences), batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
+DEFAULT_ANCHOR_PROMPTS = 80
+
+
+def default_anchor_prompts(limit: int = DEFAULT_ANCHOR_PROMPTS) -> list[str]:
+    """The package's generic chat requests (the train part of :func:`~slowed_peft.data.alignment.benign_instructions`,
+    the ``benign`` anchor source of ``slowed-sft``; never the held-out ones the studies evaluate), first ``limit``."""
+    from .alignment import benign_instructions
+
+    return benign_instructions(seed=0)[0][:limit]
+
+
 def anchor_dataloader(
     tokenizer: Any,
-    prompts: Sequence[str],
+    prompts: Optional[Sequence[str]] = None,
     batch_size: int = 16,
     max_length: int = 1024,
     chat_template: Optional[bool] = None,
@@ -120,7 +131,8 @@ def anchor_dataloader(
 
     Args:
         tokenizer: A transformers tokenizer (its ``pad_token_id`` pads, else 0; padding is masked out).
-        prompts: Non-empty user requests.
+        prompts: Non-empty user requests; default: 80 generic requests shipped with the package
+            (:func:`default_anchor_prompts`: no safety data needed).
         batch_size: Prompts per batch (memory of one forward pass).
         max_length: Longest sequence kept, in tokens.
         chat_template: Force the chat template on or off; default: on when the tokenizer has one.
@@ -132,6 +144,6 @@ def anchor_dataloader(
         TypeError: ``prompts`` is a single string or not a sequence of strings.
         ValueError: No prompts, an empty prompt, or ``batch_size`` / ``max_length`` below 1.
     """
-    ids = format_anchor_prompts(tokenizer, prompts, chat_template)
+    ids = format_anchor_prompts(tokenizer, default_anchor_prompts() if prompts is None else prompts, chat_template)
     pad = getattr(tokenizer, "pad_token_id", None)
     return token_dataloader(ids, pad if pad is not None else 0, batch_size, max_length)

@@ -77,6 +77,9 @@ class AnchorReport:
         }
         return {**asdict(self), **summary}
 
+    def __str__(self) -> str:
+        return self.summary()
+
     def summary(self) -> str:
         """One line: directions per layer (min / mean / max), energy share (min / mean), prompts, tokens, seconds."""
         d = self.to_dict()
