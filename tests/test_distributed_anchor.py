@@ -1,6 +1,6 @@
 """The anchored arm under ``accelerate launch`` with the shipped FSDP2 and DeepSpeed ZeRO-2 configs (2 CPU processes,
 gloo): every rank fits the same bases before the model is sharded, the forward passes keep them, and the losses and
-the saved adapter equal a 1-process run with the same global batch (issue 33). Plain ``torchrun`` (DDP) too, as
+the saved adapter equal a 1-process run with the same global batch. Plain ``torchrun`` (DDP) too, as
 tests/test_distributed.py runs the other arms."""
 
 from __future__ import annotations
