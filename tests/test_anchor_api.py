@@ -74,7 +74,7 @@ def test_every_batch_form_gives_the_same_bases_and_counts(tok):
     left = [
         {
             "input_ids": torch.tensor([[7] * (width - len(s)) + s for s in ids]),
-            "attention_mask": torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in ids]),
+            "attention_mask": torch.tensor([[0.0] * (width - len(s)) + [1.0] * len(s) for s in ids]),  # float mask
         }
     ]
     one_by_one = ({"input_ids": torch.tensor(s)} for s in ids)  # a generator of 1-D sequences, no mask
@@ -164,6 +164,10 @@ def test_wrong_types_fail_with_the_new_call(tok):
         fit_anchor(model, [{"input_ids": [[5, 6]], "attention_mask": [[0, 0]]}], show_progress_bar=False)
     with pytest.raises(ValueError, match="does not match input_ids"):
         fit_anchor(model, [{"input_ids": [[5, 6]], "attention_mask": [[1]]}], show_progress_bar=False)
+    with pytest.raises(ValueError, match="'input_ids' must hold integer token ids; got torch.float32"):
+        fit_anchor(model, [{"input_ids": torch.ones(1, 3)}], show_progress_bar=False)
+    with pytest.raises(ValueError, match="must be \\[batch, length\\]; got shape \\(1, 1, 3\\)"):
+        fit_anchor(model, [{"input_ids": torch.ones(1, 1, 3, dtype=torch.long)}], show_progress_bar=False)
     with pytest.raises(ValueError, match="not a rectangular tensor"):
         fit_anchor(model, [{"input_ids": [[5, 6], [7]]}], show_progress_bar=False)
     with pytest.raises(ValueError, match=r"no basis for layer 'model.layers.0.self_attn.q_proj'"):

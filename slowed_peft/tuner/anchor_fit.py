@@ -69,8 +69,10 @@ def _as_2d(value: Any, key: str, index: int) -> torch.Tensor:
         raise ValueError(f"anchor batch {index}: {key!r} is not a rectangular tensor (pad the batch): {err}") from None
     if tensor.dim() == 1:
         tensor = tensor.unsqueeze(0)
-    if tensor.dim() != 2 or tensor.dtype.is_floating_point or tensor.dtype == torch.bool and key == "input_ids":
-        raise ValueError(f"anchor batch {index}: {key!r} must be integer [batch, length]; got {tuple(tensor.shape)}.")
+    if tensor.dim() != 2:
+        raise ValueError(f"anchor batch {index}: {key!r} must be [batch, length]; got shape {tuple(tensor.shape)}.")
+    if key == "input_ids" and (tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool):
+        raise ValueError(f"anchor batch {index}: 'input_ids' must hold integer token ids; got {tensor.dtype}.")
     return tensor
 
 
