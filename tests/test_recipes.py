@@ -80,7 +80,19 @@ def test_shipped_configs_parse_every_key(name):
             got = values[key]
             assert getattr(got, "value", got) == value, key
     script_args, training_args, model_args, slowed_args = parsed
-    assert slowed_args.arm == "slowed" and training_args.masking_enabled
+    if "demo" in name:  # the CPU SLowED recipe
+        assert slowed_args.arm == "slowed" and training_args.masking_enabled
+    else:  # the paper's students train the recommended arm; --arm slowed keeps the paper's settings in the file
+        assert slowed_args.arm == "anchored" and slowed_args.anchor_rank == 64 and slowed_args.slow_factor == 0.1
+
+
+def test_slowed_sft_trains_the_anchor_unless_told_otherwise():
+    """No --arm: the recommended path (the safety anchor); --help names both it and the paper's SLowED."""
+    from slowed_peft.scripts.arguments import SLowEDArguments
+
+    assert SLowEDArguments().arm == "anchored" and SLowEDArguments().anchor_rank == 64
+    help_text = SLowEDArguments.__dataclass_fields__["arm"].metadata["help"]
+    assert help_text.startswith("What to train. Default: anchored") and "slowed: the paper's SLowED" in help_text
 
 
 def test_config_flag_also_takes_the_equals_form():

@@ -106,7 +106,13 @@ class SLowEDArguments:
     """Which arm to train and the Slow Tuning adapter's settings (prefixed so they never clash with TRL's fields)."""
 
     arm: ArmName = field(
-        default="slowed", metadata={"help": " | ".join(f"{name}: {arm.help}" for name, arm in ARMS.items()) + "."}
+        default="anchored",
+        metadata={
+            "help": "What to train. Default: anchored (the recommended path: plain distillation with the safety "
+            "anchor); slowed: the paper's SLowED (Slow Tuning + Low-Entropy Masking). "
+            + " | ".join(f"{name}: {arm.help}" for name, arm in ARMS.items())
+            + "."
+        },
     )
     slowed_r: Optional[int] = field(default=None, metadata={"help": "None: dense delta; int: low-rank rank."})
     slow_factor: float = field(default=0.1, metadata={"help": "γ in (0, 1] (slow and slowed arms)."})
