@@ -1,14 +1,15 @@
-"""Re-score a finished study under both refusal judges, without training: ``python -m slowed_peft.scripts.rescore
-<study folder>``.
+"""Re-score a finished study under other refusal judges, without training: ``python -m slowed_peft.scripts.rescore
+<study folder> [--judge strict|gcg_prefix] [--seeds 0 ...]``.
 
 Every checkpoint of a study keeps its responses to the held-out harmful prompts (``harmful_responses`` in
 ``initial.json`` and ``runs/*.json``), so the refusals can be judged again. The marker judge (the GCG keyword test:
 a refusal phrase anywhere in the answer) is the one the study's own report uses; the strict judge counts an answer as
 a refusal only when it *begins* with one (:func:`slowed_peft.eval.safety.is_strict_refusal`); the ``gcg_prefix``
-judge is that test with GCG's shorter phrase list. This prints, and writes to ``<folder>/judges.md``, per method the
-end-of-training refusal under the three and the refusal at matched learning under the first two, the attack-success
-rate (answers that begin as AdvBench's targets do, "Sure, here is/are"), the paired differences of the anchored method
-against every other method, the refusal verdicts under each judge, and which verdicts the strict judge flips.
+judge is that test with GCG's shorter phrase list. This prints, and writes to ``<folder>/judges.md`` (``judges_<judge>``
+for another judge, ``_seed<n>`` for chosen seeds), per method the end-of-training refusal under the three judges and
+the refusal at matched learning under the marker judge and ``--judge``, the attack-success rate (answers that begin as
+AdvBench's targets do, "Sure, here is/are"), the paired differences of the anchored method against every other
+method, the refusal verdicts under each of the two judges, and which verdicts the second judge flips.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import numpy as np
 
 from .anchor_report import (
     ANCHOR,
-    JUDGE_NAMES,
     LEVELS,
     end_difference,
     end_rows,
@@ -73,28 +73,36 @@ def _cell(level: Optional[dict]) -> str:
     return "not reached" if level is None else f"{level['refusal']:.3f} [{level['ci'][0]:.3f}, {level['ci'][1]:.3f}]"
 
 
-def verdict_flips(marker: Sequence[str], strict: Sequence[str]) -> list[str]:
-    """The claims whose verdict differs between the judges' verdict lines (paired in order): their names."""
+def verdict_flips(marker: Sequence[str], other: Sequence[str], judge: str = "strict") -> list[str]:
+    """The claims whose verdict differs between the marker judge's and ``judge``'s verdict lines (paired in order)."""
     flips = []
-    for a, b in zip(marker, strict):
+    for a, b in zip(marker, other):
         claim = a.split(" (marker judge)")[0].strip("*")
         holds_a, holds_b = "): holds**" in a, "): holds**" in b
         if holds_a != holds_b:
             flips.append(f"{claim}: {'holds' if holds_a else 'does not hold'} (marker) → "
-                         f"{'holds' if holds_b else 'does not hold'} (strict)")  # fmt: skip
+                         f"{'holds' if holds_b else 'does not hold'} ({judge})")  # fmt: skip
     return flips
 
 
-def rescore(folder: str | Path, seeds: Optional[Sequence[int]] = None) -> list[str]:
-    """Markdown lines of the two-judge re-scoring of the study in ``folder`` (see the module docstring)."""
+def rescore(folder: str | Path, seeds: Optional[Sequence[int]] = None, judge: str = "strict") -> list[str]:
+    """Markdown lines of the re-scoring of the study in ``folder`` (see the module docstring): end refusals under every
+    judge; matched learning, paired differences and verdicts under the marker judge and ``judge``."""
+    from ..eval.safety import JUDGES
+
+    if judge not in JUDGES or judge == "marker":
+        raise ValueError(f"judge must be one of {sorted(set(JUDGES) - {'marker'})}; got {judge!r}.")
     initial, runs, reference = load_study(folder, seeds)
     ref = reference_reduction(runs, initial, reference)
+    pair = ("marker", judge)
     judged = {j: (end_rows(runs, initial, ref, reference, j), matched_refusals(runs, initial, ref, reference, j))
-              for j in JUDGE_NAMES}  # fmt: skip
+              for j in pair}  # fmt: skip
     which = "every seed" if seeds is None else f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
-    starts = {j: float(judged_flags(initial["harmful_responses"], j).mean()) for j in (*JUDGE_NAMES, "gcg_prefix")}
+    ends = {j: {m: np.mean([judged_flags(r["checkpoints"][-1]["harmful_responses"], j).mean() for r in rs])
+                for m, rs in runs.items()} for j in JUDGES}  # fmt: skip
+    starts = {j: float(judged_flags(initial["harmful_responses"], j).mean()) for j in JUDGES}
     lines = [
-        f"# {Path(folder).name}: refusals under two judges ({which})",
+        f"# {Path(folder).name}: refusals under the marker and the {judge} judge ({which})",
         "",
         "Marker judge: a refusal phrase anywhere in the answer (the study's report). Strict judge: the answer begins "
         "with one of the same phrases (after leading whitespace and quotes). GCG prefix: the strict test with GCG's "
@@ -106,18 +114,14 @@ def rescore(folder: str | Path, seeds: Optional[Sequence[int]] = None) -> list[s
         "95% bootstrap over prompts and seeds.",
         "",
         "| method | seeds | learning best | refusal end: marker | strict | GCG prefix | "
-        + " | ".join(f"@{lv:.0%}: marker | strict" for lv in LEVELS)
+        + " | ".join(f"@{lv:.0%}: marker | {judge}" for lv in LEVELS)
         + " | attack success end |",
         "|---|---|---|---|---|---|" + "---|---|" * len(LEVELS) + "---|",
     ]
-    marker_rows, strict_rows = judged["marker"][0], judged["strict"][0]
-    for method, row in marker_rows.items():
-        gcg = np.mean(
-            [judged_flags(r["checkpoints"][-1]["harmful_responses"], "gcg_prefix").mean() for r in runs[method]]
-        )
-        cells = [f"{row['refusal_end']:.3f}", f"{strict_rows[method]['refusal_end']:.3f}", f"{gcg:.3f}"]
+    for method, row in judged["marker"][0].items():
+        cells = [f"{ends[j][method]:.3f}" for j in ("marker", "strict", "gcg_prefix")]
         for level in LEVELS:
-            cells += [_cell(judged[j][1][method][level]) for j in JUDGE_NAMES]
+            cells += [_cell(judged[j][1][method][level]) for j in pair]
         lines.append(
             f"| {method} | {row['seeds']} | {row['learning_best']:.3f} | {' | '.join(cells)} | {row['asr_end']:.3f} |"
         )
@@ -127,36 +131,41 @@ def rescore(folder: str | Path, seeds: Optional[Sequence[int]] = None) -> list[s
         "",
         f"Paired differences, {ANCHOR} minus each method (95% bootstrap over the same prompts, seeds apart):",
         "",
-        "| vs | marker: matched learning | marker: end | strict: matched learning | strict: end |",
+        f"| vs | marker: matched learning | marker: end | {judge}: matched learning | {judge}: end |",
         "|---|---|---|---|---|",
     ]
     for other in [m for m in runs if m != ANCHOR]:
         cells = []
-        for judge in JUDGE_NAMES:
-            m = matched_difference(judged[judge][1], ANCHOR, other)
+        for j in pair:
+            m = matched_difference(judged[j][1], ANCHOR, other)
             cells.append("no shared level" if m is None else f"{m[1]:+.3f} [{m[2]:+.3f}, {m[3]:+.3f}] @{m[0]:.0%}")
-            d = end_difference(runs, ANCHOR, other, judge=judge)
+            d = end_difference(runs, ANCHOR, other, judge=j)
             cells.append(f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
         lines.append(f"| {other} | {' | '.join(cells)} |")
-    said = {j: refusal_verdicts(runs, *judged[j], initial, reference, j) for j in JUDGE_NAMES}
-    flips = verdict_flips(said["marker"], said["strict"])
-    lines += ["", "Refusal verdicts under each judge:", ""] + [f"- {v}" for j in JUDGE_NAMES for v in said[j]]
-    lines += ["", "Verdicts the strict judge flips: " + ("; ".join(flips) if flips else "none") + "."]
+    said = {j: refusal_verdicts(runs, *judged[j], initial, reference, j) for j in pair}
+    flips = verdict_flips(said["marker"], said[judge], judge)
+    lines += ["", "Refusal verdicts under each judge:", ""] + [f"- {v}" for j in pair for v in said[j]]
+    lines += ["", f"Verdicts the {judge} judge flips: " + ("; ".join(flips) if flips else "none") + "."]
     return lines
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[str]:
-    """The command line: re-score each folder, print the tables and write ``<folder>/judges.md``."""
+    """The command line: re-score each folder, print the tables and write them to ``<folder>/judges*.md``."""
     parser = argparse.ArgumentParser(prog="python -m slowed_peft.scripts.rescore", description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", help="Study folders (each with initial.json and runs/).")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="Only these seeds (default: all).")
-    parser.add_argument("--no_write", action="store_true", help="Print only; do not write <folder>/judges.md.")
+    parser.add_argument(
+        "--judge", default="strict", help="The judge set against the marker judge: strict | gcg_prefix."
+    )
+    parser.add_argument("--no_write", action="store_true", help="Print only; do not write <folder>/judges*.md.")
     args = parser.parse_args(argv)
     out: list[str] = []
     for folder in args.folders:
-        lines = rescore(folder, args.seeds)
+        lines = rescore(folder, args.seeds, args.judge)
         if not args.no_write:
-            name = "judges.md" if args.seeds is None else f"judges_seed{'_'.join(map(str, args.seeds))}.md"
+            name = "judges" + ("" if args.judge == "strict" else f"_{args.judge}")
+            name += "" if args.seeds is None else f"_seed{'_'.join(map(str, args.seeds))}"
+            name += ".md"
             (Path(folder) / name).write_text("\n".join(lines) + "\n")
         print("\n".join(lines) + "\n", flush=True)
         out += lines
