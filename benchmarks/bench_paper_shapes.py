@@ -16,7 +16,9 @@ Measured in one process per model, each figure a ratio of medians over alternati
 1. **fit**: ``fit_anchor`` (k = ``--anchor_rank``) on ``--prompts`` random-token prompts of 48-80 tokens against one
    forward pass of the initial model over the same batches (16 rows, right-padded, as the fit batches them);
 2. **step**: AdamW steps on one batch for five arms — PEFT LoRA r = 16, low-rank SLowED r = 16 without and with the
-   anchor, dense SLowED without and with the anchor (all-linear, slow factor 0.1, max drift 0.05: the paper configs);
+   anchor, dense SLowED without and with the anchor, all-linear. The SLowED arms train as ``slowed-sft --arm sft`` /
+   ``--arm anchored`` do (γ = 1, no trust region; ``anchored`` is what the paper-student configs run by default), or
+   with ``--slow_tuning`` as ``--arm slowed`` does (γ = 0.1, ρ = 0.05);
    anchored arms get random orthonormal bases (one per group of layers reading one input, as the fit makes them):
    the step's cost does not depend on which directions are protected;
 3. **memory** (skipped by ``--quick``): each arm in a fresh subprocess, the way the paper configs run it on a GPU
@@ -81,10 +83,11 @@ def build_trunk(name: str, layers: int, dtype: torch.dtype = torch.float32):
     return AutoModelForCausalLM.from_config(paper_config(name, layers=layers, vocab=TRUNK_VOCAB)).to(dtype)
 
 
-def make_arm(base, arm: str, anchor_rank: int, copy_base: bool = True):
+def make_arm(base, arm: str, anchor_rank: int, copy_base: bool = True, slow_tuning: bool = False):
     """A PEFT model of ``arm`` on a copy of ``base`` (or on ``base`` itself); anchored arms get random orthonormal
     bases, one per group of layers reading one input."""
-    common = dict(target_modules="all-linear", slow_factor=0.1, max_drift=0.05)
+    common = dict(target_modules="all-linear", slow_factor=0.1 if slow_tuning else 1.0)
+    common["max_drift"] = 0.05 if slow_tuning else None
     config = {
         "lora": LoraConfig(target_modules="all-linear", r=16, lora_alpha=16),
         "lowrank": SLowEDConfig(**common, r=16),
@@ -234,7 +237,7 @@ def measure_steps(name: str, args, head: Head) -> tuple[dict, dict]:
     ratio of medians when the machine's speed drifts between rounds."""
     base = build_trunk(name, args.layers)
     batch = torch.randint(3, TRUNK_VOCAB, (args.batch, args.seq), generator=torch.Generator().manual_seed(1))
-    models = {arm: make_arm(base, arm, args.anchor_rank) for arm in args.arms}
+    models = {arm: make_arm(base, arm, args.anchor_rank, slow_tuning=args.slow_tuning) for arm in args.arms}
     steps = {arm: make_step(m, batch) for arm, m in models.items()}
     head_tokens = min(args.batch * args.seq, 128)
     steps["head"] = head.step_fn(head_tokens)
@@ -287,13 +290,13 @@ def measure_bytes(models: dict, layers: int, depth: int) -> dict:
     }
 
 
-def memory_child(name: str, arm: str, layers: int, anchor_rank: int, batch: int, seq: int) -> dict:
+def memory_child(name: str, arm: str, layers: int, anchor_rank: int, batch: int, seq: int, slow_tuning: bool) -> dict:
     """In a fresh process: peak RSS above the loaded bf16 base while ``arm`` is built and trained for two steps."""
     torch.set_num_threads(1)
     base = build_trunk(name, layers, torch.bfloat16)
     ids = torch.randint(3, TRUNK_VOCAB, (batch, seq), generator=torch.Generator().manual_seed(1))
     with RssSampler() as rss:
-        model = make_arm(base, arm, anchor_rank, copy_base=False)
+        model = make_arm(base, arm, anchor_rank, copy_base=False, slow_tuning=slow_tuning)
         step = make_step(model, ids, autocast=True)
         step()
         step()
@@ -308,7 +311,7 @@ def measure_memory(name: str, args) -> dict:
             sys.executable,
             __file__,
             "--_child",
-            json.dumps([name, arm, args.layers, args.anchor_rank, args.batch, args.seq]),
+            json.dumps([name, arm, args.layers, args.anchor_rank, args.batch, args.seq, args.slow_tuning]),
         ]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
@@ -356,6 +359,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=80)
     parser.add_argument("--fit_repeats", type=int, default=2)
     parser.add_argument("--anchor_rank", type=int, default=64)
+    parser.add_argument("--slow_tuning", action="store_true", help="SLowED arms with slow factor 0.1, max drift 0.05")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="what to measure")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="step and memory arms")
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 1x32, 8 prompts, 1 repeat, no memory")
