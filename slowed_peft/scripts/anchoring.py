@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from typing import Any, Optional
 
 import torch
@@ -226,14 +227,23 @@ def fit_arm_anchor(arm: SLowEDArguments, peft_model: Any, tokenizer: Any, train_
         if arm.anchor_rank is None:
             raise ValueError("anchor_source='random' needs anchor_rank (the number of random directions).")
         return install_random_anchor(peft_model, arm.anchor_rank, seed)
-    from ..tuner.anchor_fit import fit_anchor
+    from ..tuner.anchor import initialize_anchor_weights
+    from ..tuner.anchor_fit import get_anchor_state_dict
 
-    prompts = anchor_prompts(arm, train_dataset)
-    report = fit_anchor(peft_model, anchor_batches(peft_model, tokenizer, prompts), show_progress_bar=False)
-    if (
-        not torch.distributed.is_available()
-        or not torch.distributed.is_initialized()
-        or torch.distributed.get_rank() == 0
-    ):
+    started = time.time()
+    dist = torch.distributed
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    state = None
+    if rank == 0:  # one fit, sent to every other rank: the bases are the same on all of them by construction
+        prompts = anchor_prompts(arm, train_dataset)
+        batches = anchor_batches(peft_model, tokenizer, prompts)
+        state = get_anchor_state_dict(peft_model, batches, show_progress_bar=False, cache_file=arm.anchor_cache_file)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [None if state is None else {k: v.cpu() for k, v in state.items()}]
+        dist.broadcast_object_list(box, src=0)
+        state = box[0]
+    report = initialize_anchor_weights(peft_model, state)
+    report.seconds = round(time.time() - started, 2)  # the fit (or cache read) and the install, not the install alone
+    if rank == 0:
         print(f"[{arm.arm}] fitted on {arm.anchor_source} prompts: {report.summary()}", flush=True)
     return report

@@ -146,6 +146,13 @@ class SLowEDArguments:
         },
     )
     anchor_limit: int = field(default=80, metadata={"help": "How many anchor prompts to use."})
+    anchor_cache_file: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "A safetensors file of fitted anchor bases: reused when it matches the model and the anchor "
+            "settings (refused, naming the key, when not), else fitted and written there (as CorDA's cache_file)."
+        },
+    )
     anchor_split_seed: int = field(
         default=0,
         metadata={
