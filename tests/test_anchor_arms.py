@@ -19,6 +19,7 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM
 
 from slowed_peft import SLowEDConfig, SLowEDSFTConfig, anchor_dataloader, fit_anchor
+from slowed_peft.data.readers import find_data_file, search_roots
 from slowed_peft.scripts.anchoring import (
     anchor_prompts,
     fit_arm_anchor,
@@ -36,15 +37,16 @@ from slowed_peft.tuner.layer import SLowEDLayer
 from testing_utils import TRAINER_ARGS, build_char_tokenizer, build_tiny
 
 
-DATA = os.environ.get("SLOWED_DATA_DIR")
-needs_advbench = pytest.mark.skipif(
-    not DATA or not os.path.isfile(os.path.join(DATA or "", "advbench", "harmful_behaviors.csv")),
-    reason="needs $SLOWED_DATA_DIR with advbench/harmful_behaviors.csv",
-)
-needs_arc = pytest.mark.skipif(
-    not DATA or not os.path.isfile(os.path.join(DATA or "", "arc", "ARC-Challenge-Test.jsonl")),
-    reason="needs $SLOWED_DATA_DIR with arc/ARC-Challenge-Test.jsonl",
-)
+def _has_data(rel: str) -> bool:
+    """Whether the package finds ``rel``: in $SLOWED_DATA_DIR or among the files it ships (always, when installed)."""
+    try:
+        return find_data_file(search_roots(), rel).is_file()
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+needs_advbench = pytest.mark.skipif(not _has_data("advbench/harmful_behaviors.csv"), reason="AdvBench not found")
+needs_arc = pytest.mark.skipif(not _has_data("arc/ARC-Challenge-Test.jsonl"), reason="ARC-Challenge not found")
 
 
 @pytest.fixture(scope="module")
