@@ -1,7 +1,8 @@
 """What an anchored run costs at the paper's shapes: Qwen2.5-1.5B, Llama-3.2-1B and BLOOM-1.1B (issue 33, point 1).
 
-    python benchmarks/bench_paper_shapes.py             # the three students (about 10 min on one idle CPU thread)
-    python benchmarks/bench_paper_shapes.py --quick     # smoke run: few tokens, one repeat, no memory children
+    python benchmarks/bench_paper_shapes.py --repeats 7    # the three students: about 10 min of CPU on one thread
+    python benchmarks/bench_paper_shapes.py --slow_tuning --parts steps memory --out ...  # the slowed arm's settings
+    python benchmarks/bench_paper_shapes.py --quick        # smoke run: few tokens, one repeat, no memory children
 
 What is built. Full depth does not fit this machine (fp32 weights of a 1.5B model are 6 GB before gradients and Adam,
 and a training step would take minutes), so each student is measured as ``--layers`` decoder layers of its real
@@ -11,7 +12,8 @@ Every decoder layer of a student is identical, so full depth is extrapolated per
 
     cost at depth L = head + L × (trunk cost / --layers)
 
-Measured in one process per model, each figure a ratio of medians over alternating calls (``_common.alternate``):
+Measured in one process (one thread, ``--threads``), each figure a ratio of medians over alternating calls
+(``_common.alternate``); step pairs also as the median of per-round ratios (``paired``):
 
 1. **fit**: ``fit_anchor`` (k = ``--anchor_rank``) on ``--prompts`` random-token prompts of 48-80 tokens against one
    forward pass of the initial model over the same batches (16 rows, right-padded, as the fit batches them);
@@ -23,7 +25,8 @@ Measured in one process per model, each figure a ratio of medians over alternati
    the step's cost does not depend on which directions are protected;
 3. **memory** (skipped by ``--quick``): each arm in a fresh subprocess, the way the paper configs run it on a GPU
    (bf16 base, float32 adapter, bf16 autocast): peak resident memory above the loaded base model over two steps,
-   sampled from /proc (``_common.RssSampler``), per decoder layer;
+   sampled from /proc (``_common.RssSampler``), per decoder layer; and the bytes autograd keeps from one forward for
+   the backward (``_paper_shapes.saved_for_backward``): what piles up over the layers without gradient checkpointing;
 4. **bytes**: ``save_pretrained`` of the trunk's adapters (per layer, exact: the file grows linearly with depth):
    LoRA r = 16, dense ``save_precision="4bit"``, and the anchor's bases as the difference between the anchored and
    the plain low-rank adapter, in fp32 and (where ``anchor_save_dtype`` exists) bf16.
@@ -34,7 +37,6 @@ The GPU plan (``gpu`` in the JSON) is analytic, from the full-depth parameter co
 from __future__ import annotations
 
 import argparse
-import copy
 import inspect
 import json
 import os
@@ -43,15 +45,11 @@ import sys
 import tempfile
 
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
 
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import (  # noqa: E402
     PAPER_SHAPES,
-    RssSampler,
-    _input_group,
     alternate,
     machine,
     median,
@@ -59,13 +57,21 @@ from _common import (  # noqa: E402
     paper_shape_counts,
     write_json,
 )
+from _paper_shapes import (  # noqa: E402
+    TRUNK_VOCAB,
+    Head,
+    batches_of,
+    build_trunk,
+    fit_prompts,
+    make_arm,
+    make_step,
+    memory_child,
+)
 
-from slowed_peft import SLowEDConfig, SLowEDLayer, fit_anchor  # noqa: E402
-from slowed_peft.tuner.anchor import install_anchor  # noqa: E402
+from slowed_peft import SLowEDLayer, fit_anchor  # noqa: E402
 
 
 FIT_PARAMS = inspect.signature(fit_anchor).parameters
-TRUNK_VOCAB = 256
 # Alternation order: each anchored arm runs next to its baselines (see the paired ratios in ``measure_steps``).
 ARMS = ("lowrank", "lowrank_anchored", "lora", "dense", "dense_anchored")
 PARTS = ("fit", "steps", "bytes", "memory")
@@ -75,105 +81,6 @@ PAIRS = {  # (arm, baseline, goal)
     "dense_anchored / dense": ("dense_anchored", "dense", 1.03),
 }
 GIB = 2**30
-
-
-def build_trunk(name: str, layers: int, dtype: torch.dtype = torch.float32):
-    """``layers`` real-width decoder layers of student ``name`` with a tiny vocabulary, random weights (seed 0)."""
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(paper_config(name, layers=layers, vocab=TRUNK_VOCAB)).to(dtype)
-
-
-def make_arm(base, arm: str, anchor_rank: int, copy_base: bool = True, slow_tuning: bool = False):
-    """A PEFT model of ``arm`` on a copy of ``base`` (or on ``base`` itself); anchored arms get random orthonormal
-    bases, one per group of layers reading one input."""
-    common = dict(target_modules="all-linear", slow_factor=0.1 if slow_tuning else 1.0)
-    common["max_drift"] = 0.05 if slow_tuning else None
-    config = {
-        "lora": LoraConfig(target_modules="all-linear", r=16, lora_alpha=16),
-        "lowrank": SLowEDConfig(**common, r=16),
-        "lowrank_anchored": SLowEDConfig(**common, r=16, anchor_rank=anchor_rank),
-        "dense": SLowEDConfig(**common, save_precision="4bit"),
-        "dense_anchored": SLowEDConfig(**common, anchor_rank=anchor_rank),
-    }[arm]
-    model = get_peft_model(copy.deepcopy(base) if copy_base else base, config)
-    if arm.endswith("anchored"):
-        g, bases = torch.Generator().manual_seed(0), {}
-        for name, module in model.named_modules():
-            if isinstance(module, SLowEDLayer):
-                group = _input_group(name)
-                if group not in bases:
-                    bases[group] = torch.linalg.qr(torch.randn(module.in_features, anchor_rank, generator=g))[0]
-                install_anchor(module, "default", bases[group])
-    return model
-
-
-def make_step(model, batch: torch.Tensor, autocast: bool = False):
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    model.train()
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
-class Head(torch.nn.Module):
-    """The student's real-vocabulary LM head alone: final norm, tied embedding as the output matrix, cross-entropy.
-
-    Frozen in every arm, so its step is a forward and the gradient for its input (no weight gradient)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        config = paper_config(name)
-        torch.manual_seed(1)
-        self.norm = torch.nn.LayerNorm(config.hidden_size)
-        self.weight = torch.nn.Parameter(torch.randn(config.vocab_size, config.hidden_size) * 0.02, requires_grad=False)
-        self.norm.requires_grad_(False)
-
-    def step_fn(self, tokens: int):
-        hidden = torch.randn(tokens, self.weight.shape[1], requires_grad=True)
-        labels = torch.randint(0, self.weight.shape[0], (tokens,), generator=torch.Generator().manual_seed(2))
-
-        def step() -> None:
-            torch.nn.functional.cross_entropy(self.norm(hidden) @ self.weight.T, labels).backward()
-            hidden.grad = None
-
-        return step
-
-    def forward_fn(self, rows: int, width: int):
-        hidden = torch.randn(rows, width, self.weight.shape[1])
-
-        @torch.no_grad()
-        def forward() -> None:
-            self.norm(hidden) @ self.weight.T
-
-        return forward
-
-
-def fit_prompts(n: int, seed: int = 3) -> list[list[int]]:
-    """``n`` random-token prompts of 48-80 tokens (ids from 3: below are pad/eos/unk)."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(48, 81, (n,), generator=g).tolist()
-    return [torch.randint(3, TRUNK_VOCAB, (k,), generator=g).tolist() for k in lengths]
-
-
-def batches_of(ids: list[list[int]], size: int = 16) -> list[dict]:
-    """Right-padded batches of ``size`` rows with their attention masks (what the fit and the forward both see)."""
-    out = []
-    for i in range(0, len(ids), size):
-        chunk = ids[i : i + size]
-        width = max(len(s) for s in chunk)
-        out.append(
-            {
-                "input_ids": torch.tensor([s + [0] * (width - len(s)) for s in chunk]),
-                "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk]),
-            }
-        )
-    return out
 
 
 def run_fit(model, ids: list[list[int]]):
@@ -290,20 +197,6 @@ def measure_bytes(models: dict, layers: int, depth: int) -> dict:
     }
 
 
-def memory_child(name: str, arm: str, layers: int, anchor_rank: int, batch: int, seq: int, slow_tuning: bool) -> dict:
-    """In a fresh process: peak RSS above the loaded bf16 base while ``arm`` is built and trained for two steps."""
-    torch.set_num_threads(1)
-    base = build_trunk(name, layers, torch.bfloat16)
-    ids = torch.randint(3, TRUNK_VOCAB, (batch, seq), generator=torch.Generator().manual_seed(1))
-    with RssSampler() as rss:
-        model = make_arm(base, arm, anchor_rank, copy_base=False, slow_tuning=slow_tuning)
-        step = make_step(model, ids, autocast=True)
-        step()
-        step()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"peak_above_base_mib": rss.peak, "trainable": trainable}
-
-
 def measure_memory(name: str, args) -> dict:
     out = {}
     for arm in args.arms:
@@ -317,10 +210,18 @@ def measure_memory(name: str, args) -> dict:
         if res.returncode != 0:
             raise RuntimeError(f"memory child {name}/{arm} failed:\n{res.stderr[-3000:]}")
         child = json.loads(res.stdout.strip().splitlines()[-1])
-        out[arm] = {"peak_per_layer_mib": child["peak_above_base_mib"] / args.layers, "trainable": child["trainable"]}
+        out[arm] = {
+            "peak_per_layer_mib": child["peak_above_base_mib"] / args.layers,
+            "saved_for_backward_per_layer_mib": child["saved_bytes"] / args.layers / 2**20,
+            "trainable_per_layer": child["trainable"] / args.layers,
+        }
     for key, (a, b, _) in PAIRS.items():
         if a in out and b in out:
-            out[key] = out[a]["peak_per_layer_mib"] / out[b]["peak_per_layer_mib"]
+            out[key] = {
+                "peak": out[a]["peak_per_layer_mib"] / out[b]["peak_per_layer_mib"],
+                "saved_extra_mib": out[a]["saved_for_backward_per_layer_mib"]
+                - out[b]["saved_for_backward_per_layer_mib"],
+            }
     return out
 
 
@@ -407,8 +308,9 @@ def main() -> None:
         del head
         if "memory" in args.parts:
             entry["memory"] = measure_memory(name, args)
-            print("peak memory per layer, bf16 base + autocast (MiB): " + ", ".join(
-                f"{a} {entry['memory'][a]['peak_per_layer_mib']:.0f}" for a in args.arms), flush=True)  # fmt: skip
+            print("per layer, bf16 base + autocast: peak / kept for backward (MiB): " + ", ".join(
+                f"{a} {entry['memory'][a]['peak_per_layer_mib']:.0f} / "
+                f"{entry['memory'][a]['saved_for_backward_per_layer_mib']:.0f}" for a in args.arms), flush=True)  # fmt: skip
         write_json(args.out, results)
     print(f"wrote {args.out}")
 
