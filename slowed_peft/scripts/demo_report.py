@@ -1,8 +1,11 @@
-"""The demo's printed report: one table (start and each method, seed 0) and plain-language verdicts."""
+"""The demo's printed report: one table (start and each method, seed 0) and plain-language verdicts, each comparing a
+method with plain SFT at matched learning (the study engine's interpolation, :func:`.report.matched`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
+
+import numpy as np
 
 
 # (row label, checkpoint key, format, which direction is better: +1 higher, -1 lower, 0 neither)
@@ -11,13 +14,14 @@ TABLE_ROWS = (
     ("harmful KL to the aligned student [nats/token]", "harmful_kl", "{:.4f}", -1),
     ("benign false refusals, n={n_benign}", "false_refusal", "{:.3f}", -1),
     ("held-out rationale NLL, n={n_nll} [nats/token]", "cot_nll", "{:.3f}", -1),
+    ("learning: share of SFT's best NLL reduction", "learning", "{:.0%}", +1),
     ("max drift ‖W−W0‖/‖W0‖", "drift_max", "{:.4f}", 0),
     ("masked fraction of label tokens", "masked_fraction", "{:.3f}", 0),
 )
-
+REFERENCE = "sft"
 
 # The demo's column names for the methods it shows (any other method keeps its own name).
-LABELS = {"sft": "SFT", "slowed": "SLowED", "anchored": "SLowED + anchor", "sft lr×γ": "SFT lr×γ",
+LABELS = {"sft": "SFT", "slowed": "SLowED", "anchored": "SFT + anchor", "sft lr×γ": "SFT lr×γ",
           "slow": "slow only", "lem": "LEM only"}  # fmt: skip
 
 
@@ -25,80 +29,114 @@ def column_name(method: str) -> str:
     return LABELS.get(method, method)
 
 
-def final_values(runs: list[dict]) -> dict[str, Any]:
-    """A method's last checkpoint (seed 0) plus its run-level numbers (masked fraction), keyed as in
-    :data:`TABLE_ROWS`."""
+def _best_reduction(start: dict, run: dict) -> float:
+    """The largest held-out NLL reduction any checkpoint of ``run`` reaches (held-out NLL rises again on overfitting)."""
+    return max(start["cot_nll"] - c["cot_nll"] for c in run["checkpoints"])
+
+
+def final_values(runs: list[dict], start: dict, reference: Optional[float]) -> dict[str, Any]:
+    """A method's last checkpoint (seed 0) plus its run-level numbers, keyed as in :data:`TABLE_ROWS`."""
     values = dict(runs[0]["checkpoints"][-1])
     values["masked_fraction"] = runs[0]["masked_fraction"]
+    if reference:
+        values["learning"] = _best_reduction(start, runs[0]) / reference
     return values
 
 
-def format_table(args: Any, start: dict, runs: dict[str, dict]) -> str:
-    """The demo's one table: a row per measure, a column for the start and one per arm."""
+def format_table(args: Any, start: dict, runs: dict[str, list[dict]]) -> str:
+    """The demo's one table: a row per measure, a column for the start and one per method."""
     sizes = dict(n_harmful=args.safety_limit, n_benign=args.benign_limit, n_nll=args.nll_limit)
-    columns = {"start": {**start, "drift_max": 0.0, "masked_fraction": None}}
-    columns.update({column_name(name): final_values(runs[name]) for name in runs})
+    reference = _best_reduction(start, runs[REFERENCE][0]) if REFERENCE in runs else None
+    columns = {"start": {**start, "drift_max": 0.0, "masked_fraction": None, "learning": 0.0 if reference else None}}
+    columns.update({column_name(name): final_values(runs[name], start, reference) for name in runs})
     rows = [(label.format(**sizes), key, fmt) for label, key, fmt, _ in TABLE_ROWS]
     width = max(len(r[0]) for r in rows)
     cell = max(10, *(len(c) + 2 for c in columns))
     lines = [f"{'':<{width}}" + "".join(f"{c:>{cell}}" for c in columns), "-" * (width + cell * len(columns))]
     for label, key, fmt in rows:
-        cells = [fmt.format(v[key]) if isinstance(v.get(key), (int, float)) else "-" for v in columns.values()]
+        cells = [_cell(fmt, v.get(key)) for v in columns.values()]
         lines.append(f"{label:<{width}}" + "".join(f"{c:>{cell}}" for c in cells))
     return "\n".join(lines)
 
 
-def verdicts(args: Any, start: dict, runs: dict[str, dict]) -> list[str]:
-    """Plain-language reading of the table, saying so where an arm did not behave as expected."""
+def _cell(fmt: str, value: Any) -> str:
+    if not isinstance(value, (int, float)) or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    return fmt.format(value)
+
+
+def at_matched_learning(start: dict, runs: dict[str, list[dict]], method: str) -> Optional[dict[str, Any]]:
+    """``method`` against plain SFT at the learning both reach (``method``'s best, capped at SFT's): each one's refusal
+    there (interpolated per prompt between checkpoints) and the paired difference with its 95% bootstrap interval over
+    the prompts; ``None`` without SFT, or when ``method`` learned nothing."""
+    from .report import _interval, bootstrap_mean, matched, run_path
+
+    if REFERENCE not in runs or method not in runs:
+        return None
+    nll0 = start["cot_nll"]
+    ref = _best_reduction(start, runs[REFERENCE][0])
+    own = _best_reduction(start, runs[method][0])
+    if ref <= 0 or own <= 0:
+        return None
+    level = min(own, ref) / ref * (1 - 1e-9)  # reached by both paths (each reaches its own best)
+    ours = matched(run_path(runs[method][0], start), nll0, ref, level)
+    theirs = matched(run_path(runs[REFERENCE][0], start), nll0, ref, level)
+    diff = bootstrap_mean([ours["flags"]], np.random.default_rng(0), other=[theirs["flags"]])
+    lo, hi = _interval(diff)
+    return {
+        "learning": own / ref,
+        "level": level,
+        "refusal": float(ours["flags"].mean()),
+        "sft_refusal": float(theirs["flags"].mean()),
+        "difference": float(ours["flags"].mean() - theirs["flags"].mean()),
+        "interval": (lo, hi),
+    }
+
+
+def _separated(interval: tuple[float, float]) -> str:
+    lo, hi = interval
+    return "above SFT" if lo > 0 else "below SFT" if hi < 0 else "not separated from SFT"
+
+
+def verdicts(args: Any, start: dict, runs: dict[str, list[dict]]) -> list[str]:
+    """Plain-language reading of the table: SFT's erosion, then each method against SFT at matched learning, then
+    SLowED against its learning-rate twin — saying so where a method does not behave as expected."""
     n = args.safety_limit
-    noise = lambda p: 1.96 * (max(p * (1 - p), 1 / n) / n) ** 0.5  # noqa: E731  # 95% binomial half-width
     first = start["refusal_ratio"]
     out = []
-    final = {name: final_values(run) for name, run in runs.items()}
-    learned = {name: start["cot_nll"] - v["cot_nll"] for name, v in final.items()}
-    if "sft" in final:
-        end = final["sft"]["refusal_ratio"]
-        if first - end < noise(first):
+    if REFERENCE in runs:
+        end = runs[REFERENCE][0]["checkpoints"][-1]["refusal_ratio"]
+        lost = round((first - end) * n)
+        if lost <= 0:
             out.append(
-                f"Plain SFT did not erode refusals in this budget ({first:.3f} → {end:.3f}); the contrast needs more "
+                f"Plain SFT kept its refusals in this budget ({first:.3f} → {end:.3f}); the contrast needs more "
                 "steps (--max_steps) or a higher --learning_rate."
             )
         else:
             out.append(
-                f"Plain SFT erodes safety: refusals {first:.3f} → {end:.3f} "
-                f"({round((first - end) * n)} of {n} held-out harmful prompts no longer refused)."
+                f"Plain SFT erodes safety: refusals {first:.3f} → {end:.3f} ({lost} of {n} held-out harmful prompts "
+                "no longer refused)."
             )
-    for name in (m for m in final if m != "sft"):
-        end = final[name]["refusal_ratio"]
-        share = f", {learned[name] / learned['sft']:.0%} of SFT's NLL reduction" if learned.get("sft", 0) > 0 else ""
-        line = f"{column_name(name)}: refusals {first:.3f} → {end:.3f}{share}."
-        if "sft" in final and end < final["sft"]["refusal_ratio"] - noise(end):
-            line += " It kept LESS safety than plain SFT here."
-        if learned.get("sft", 0) > 0 and learned[name] > learned["sft"]:
-            line += (
-                f" It also learned more than plain SFT (NLL {final[name]['cot_nll']:.3f} vs "
-                f"{final['sft']['cot_nll']:.3f}): at lr {args.learning_rate:.0e} plain SFT overshoots."
-            )
-        out.append(line)
-    if "slowed" in final and "sft lr×γ" in final:
-        a, b = final["slowed"], final["sft lr×γ"]
-        gap = a["refusal_ratio"] - b["refusal_ratio"]
-        same = abs(gap) <= noise(b["refusal_ratio"])
+    for method in (m for m in runs if m != REFERENCE):
+        cmp = at_matched_learning(start, runs, method)
+        name = column_name(method)
+        if cmp is None:
+            if REFERENCE in runs:
+                out.append(f"{name}: learned nothing measurable (held-out NLL did not fall); no comparison.")
+            continue
+        lo, hi = cmp["interval"]
         out.append(
-            f"SLowED vs plain SFT at lr×γ = {args.learning_rate * args.slow_factor:.0e}: refusals {gap:+.3f} "
-            f"({'within' if same else 'outside'} the ±{noise(b['refusal_ratio']):.3f} noise of n={n}), NLL "
-            f"{a['cot_nll'] - b['cot_nll']:+.3f}. "
-            + (
-                "Under Adam, Slow Tuning is a learning-rate change: most of SLowED's safety here is the lower "
-                "effective learning rate (docs/results.md measures this at matched learning)."
-                if same
-                else "The two differ here beyond noise; docs/results.md measures the comparison at matched learning."
-            )
+            f"{name}: reaches {cmp['learning']:.0%} of SFT's learning. At {min(cmp['learning'], 1):.0%} of it SFT "
+            f"keeps {cmp['sft_refusal']:.3f} of the refusals and {name} {cmp['refusal']:.3f}: "
+            f"{cmp['difference']:+.3f} [95% {lo:+.3f}, {hi:+.3f}], {_separated(cmp['interval'])}."
         )
-    elif "slowed" in final:
+    if "slowed" in runs and "sft lr×γ" in runs:
+        a = runs["slowed"][0]["checkpoints"][-1]
+        b = runs["sft lr×γ"][0]["checkpoints"][-1]
         out.append(
-            "Under Adam, slow_factor γ acts as a learning-rate change: SLowED at lr L follows plain SFT at lr γ·L "
-            '(docs/results.md: −0.001 [−0.002, +0.000] refusals at matched learning). Add "sft lr×γ" to --methods to '
-            "see that control here (about one more minute on 2 CPU cores)."
+            f"SLowED against plain SFT at lr × γ = {args.learning_rate * args.slow_factor:.0e}: refusals "
+            f"{a['refusal_ratio']:.3f} vs {b['refusal_ratio']:.3f}, held-out NLL {a['cot_nll']:.3f} vs "
+            f"{b['cot_nll']:.3f}. Under Adam, Slow Tuning's γ is a learning-rate change: what SLowED keeps, it keeps "
+            "by learning less (docs/results.md: −0.000 [−0.000, +0.000] at every checkpoint of the frontier)."
         )
     return out
