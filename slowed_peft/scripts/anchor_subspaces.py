@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..tuner.registration import short_name
 from .anchoring import TEMPLATE_TURNS
 
 
@@ -126,7 +127,7 @@ def main() -> None:
 
     layers: dict[str, dict] = {}
     for name, q_b in bases["benign"].items():
-        short = name.removeprefix("base_model.model.")
+        short = short_name(name)
         values, vectors = torch.linalg.eigh(benign_all[name])
         row = {
             "width": q_b.shape[0],

@@ -27,8 +27,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from .registration import short_name
 
-MODEL_PREFIX = "base_model.model."
+
 META = "anchor:"
 ENERGY_SUFFIX = ":energy"
 SEQUENCES, TOKENS = f"{META}sequences", f"{META}tokens"
@@ -88,11 +89,6 @@ class AnchorReport:
             f"anchor {self.adapter_name!r}: {d['layers']} layers, {d['rank_min']}/{d['rank_mean']:g}/{d['rank_max']} "
             f"directions (min/mean/max), {energy}, {self.prompts} prompts, {self.tokens} tokens, {self.seconds:.2f} s"
         )
-
-
-def short_name(name: str) -> str:
-    """A module name as the anchor state dict spells it: without PEFT's ``base_model.model.`` prefix."""
-    return name.removeprefix(MODEL_PREFIX)
 
 
 def check_peft_model(model: Any, caller: str) -> None:

@@ -35,10 +35,10 @@ from .anchor import (
     initialize_anchor_weights,
     record_report,
     resolve_adapter,
-    short_name,
     whole_width_error,
 )
 from .anchor_moments import SecondMoments, StopForward, choose_rank, top_eigenpairs
+from .registration import short_name
 
 
 ForwardFn = Callable[[nn.Module, dict], Any]

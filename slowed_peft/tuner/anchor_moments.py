@@ -10,6 +10,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .registration import short_name
+
 
 # Eigenvalues below these fractions of a layer's largest one are round-off of the second moment's products, not
 # directions the anchor prompts use: they are never protected. Products in float64 (an energy share decides the rank):
@@ -81,7 +83,7 @@ class SecondMoments:
         gram = (rows.T @ rows).double()  # summed in float64 across batches
         if not bool(torch.isfinite(torch.diagonal(gram)).all()):  # any NaN / inf input shows on the diagonal
             raise ValueError(
-                f"fit_anchor: the input of layer {name.removeprefix('base_model.model.')!r} is not finite (NaN or inf "
+                f"fit_anchor: the input of layer {short_name(name)!r} is not finite (NaN or inf "
                 "activations) on the anchor prompts; check the base model's weights and dtype."
             )
         return gram

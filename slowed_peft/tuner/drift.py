@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .layer import SLowEDLayer, full_tensor
+from .registration import short_name
 
 
 class WeightDrift(dict):
@@ -28,10 +29,6 @@ class WeightDrift(dict):
             f"{prefix}drift_mean": self.mean,
             f"{prefix}drift_row_max": self.row_max,
         }
-
-
-def _module_name(name: str) -> str:
-    return name.removeprefix("base_model.model.")
 
 
 @torch.no_grad()
@@ -61,7 +58,7 @@ def weight_drift(model: nn.Module, adapter_name: Optional[str] = None) -> Weight
             w = w - delta
         row_dim = 0 if module.is_conv1d else 1
         w0_norm = w.norm().clamp_min(1e-30)
-        result[_module_name(name)] = float(delta.norm() / w0_norm)
+        result[short_name(name)] = float(delta.norm() / w0_norm)
         rows.append(float((delta.norm(dim=row_dim) / w.norm(dim=row_dim).clamp_min(1e-30)).max()))
     if not found_layer:
         raise ValueError(

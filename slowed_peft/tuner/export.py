@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .layer import SLowEDLayer
+from .registration import short_name
 
 
 DEFAULT_DENSE_ENERGY = 0.99  # kept singular-value energy for dense adapters when no rank / budget is given
@@ -198,7 +199,7 @@ def export_as_lora(
                     f"export_as_lora: rank={rank} exceeds the smaller dimension of module {name!r} "
                     f"({m.out_features}x{m.in_features}); pass a smaller int, an energy fraction or max_bytes."
                 )
-    keys = {name: name.removeprefix("base_model.model.") for name in layers}
+    keys = {name: short_name(name) for name in layers}
     with torch.no_grad():
         factors = {name: _factor(m, adapter_name) for name, m in layers.items()}
     wanted = {}

@@ -13,12 +13,11 @@ import contextlib
 import threading
 import warnings
 from collections.abc import Iterator
-from typing import Optional
 
 import torch
 from torch import nn
 
-from .registration import PREFIX
+from .registration import PREFIX, find_module, short_name
 
 
 # Relative tolerance between the stored ‖W0‖ and the one of the base in memory. Casting the same weights to
@@ -26,7 +25,6 @@ from .registration import PREFIX
 # difference means another base (or an edited file).
 W0_NORM_RTOL = 5e-3
 
-_PEFT_PREFIX = "base_model.model."
 _state = threading.local()
 
 
@@ -61,12 +59,8 @@ def _refuse_unless_lenient(allowed: bool, message: str, how_to_allow: str, what_
     warnings.warn(f"{message} {what_happens}", UserWarning, stacklevel=5)
 
 
-def _short(key: str) -> str:
-    return key.removeprefix(_PEFT_PREFIX)
-
-
 def _listing(keys: list[str], limit: int = 5) -> str:
-    shown = ", ".join(repr(_short(k)) for k in keys[:limit])
+    shown = ", ".join(repr(short_name(k)) for k in keys[:limit])
     return shown + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")
 
 
@@ -79,8 +73,8 @@ def _is_adapter_key(key: str, adapter_name: str) -> bool:
 
 def check_keys(own: dict[str, torch.Tensor], remapped: dict[str, torch.Tensor], adapter_name: str, source: str) -> None:
     """Raise ``ValueError`` naming missing / unexpected keys unless ``lenient_load(partial=True)`` is active."""
-    unexpected = [k for k in remapped if k not in own and k.removeprefix(_PEFT_PREFIX) not in own]
-    present = set(remapped) | {k.removeprefix(_PEFT_PREFIX) for k in remapped}
+    unexpected = [k for k in remapped if k not in own and short_name(k) not in own]
+    present = set(remapped) | {short_name(k) for k in remapped}
     missing = [k for k in own if _is_adapter_key(k, adapter_name) and k not in present]
     if not missing and not unexpected:
         return
@@ -117,7 +111,7 @@ def rebase_w0_norms(model: nn.Module, remapped: dict[str, torch.Tensor], adapter
     for key in list(remapped):
         if not key.endswith(suffix):
             continue
-        layer = _find_layer(model, key[: -len(suffix)])
+        layer = find_module(model, key[: -len(suffix)])
         if not isinstance(layer, SLowEDLayer) or adapter_name not in layer.drift_granularity:
             continue
         if layer.get_base_layer().weight.device.type == "meta":
@@ -139,7 +133,7 @@ def rebase_w0_norms(model: nn.Module, remapped: dict[str, torch.Tensor], adapter
     rel, key, stored, fresh = worst[0]
     message = (
         f"SLowED adapter {adapter_name!r} ({source}) was not trained on this base: its slowed_w0_norm of module "
-        f"{_short(key[: -len(suffix)])!r} is {stored:.6g} in the file but {fresh:.6g} for the base weight in memory "
+        f"{short_name(key[: -len(suffix)])!r} is {stored:.6g} in the file but {fresh:.6g} for the base weight in memory "
         f"(relative difference {rel:.2%}, tolerance {W0_NORM_RTOL:.2%}); {len(worst)} of {checked} modules differ. "
         "Another base of the same shapes (or a fine-tuned one), or an edited file."
     )
@@ -150,15 +144,6 @@ def rebase_w0_norms(model: nn.Module, remapped: dict[str, torch.Tensor], adapter
         "`slowed_peft.tuner.lenient_load(other_base=True)`.",
         "The trust region now uses the ‖W0‖ of the weights in memory.",
     )
-
-
-def _find_layer(model: nn.Module, path: str) -> Optional[nn.Module]:
-    for candidate in (path, path.removeprefix(_PEFT_PREFIX)):
-        try:
-            return model.get_submodule(candidate)
-        except AttributeError:
-            continue
-    return None
 
 
 @torch.no_grad()
@@ -176,14 +161,14 @@ def prepare_anchor_buffers(model: nn.Module, remapped: dict[str, torch.Tensor], 
     for key, stored in remapped.items():
         if not key.endswith(suffix):
             continue
-        layer = _find_layer(model, key[: -len(suffix)])
+        layer = find_module(model, key[: -len(suffix)])
         if not isinstance(layer, SLowEDLayer) or adapter_name not in layer.slowed_anchor:
             continue  # check_keys reports it as unexpected
         if stored.dim() != 2 or stored.shape[0] != layer.in_features:
             continue
         device = layer.slowed_anchor[adapter_name].device
         if id(stored) not in checked:
-            check_orthonormal(stored, f"Corrupt SLowED adapter {where}: the anchor basis {_short(key)!r}")
+            check_orthonormal(stored, f"Corrupt SLowED adapter {where}: the anchor basis {short_name(key)!r}")
             checked.add(id(stored))
         if (id(stored), device) not in buffers:
             buffers[(id(stored), device)] = torch.zeros(stored.shape, dtype=torch.float32, device=device)

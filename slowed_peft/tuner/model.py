@@ -15,7 +15,7 @@ from .layer import SUPPORTED_LAYER_TYPES, Linear, SLowEDLayer, unsupported_layer
 from .loading import check_keys, prepare_anchor_buffers, rebase_w0_norms
 from .merge import collect_merge_losses
 from .persist import compress_state_dict, decompress_state_dict, weights_file_hint
-from .registration import PREFIX
+from .registration import PREFIX, short_name
 
 
 class SLowEDModel(BaseTuner):
@@ -105,7 +105,7 @@ class SLowEDModel(BaseTuner):
         prepare_anchor_buffers(model, remapped, adapter_name, where)
         own = model.state_dict()
         mismatches = [
-            f"module {key.rsplit('.' + PREFIX, 1)[0].removeprefix('base_model.model.')!r} ({key.rsplit('.', 2)[-2]}): "
+            f"module {short_name(key.rsplit('.' + PREFIX, 1)[0])!r} ({key.rsplit('.', 2)[-2]}): "
             f"{tuple(remapped[key].shape)} in the checkpoint but {tuple(tensor.shape)} in the model"
             for key, tensor in own.items()
             if key in remapped and tuple(remapped[key].shape) != tuple(tensor.shape)

@@ -31,21 +31,12 @@ from .compress import (
     decompress_matrix,
 )
 from .functional import project_out, sq_norm, trust_region_scale
-from .registration import PREFIX
+from .registration import PREFIX, find_module
 
 
 W0_NORM = f"{PREFIX}w0_norm"
 ANCHOR = f"{PREFIX}anchor"
 SOURCE_MARKER = "slowed_source.json"  # written by base_models next to a converted embedded model: {"hub_id": ...}
-
-
-def _find_layer(model: nn.Module, path: str) -> Optional[nn.Module]:
-    for candidate in (path, path.removeprefix("base_model.model.")):
-        try:
-            return model.get_submodule(candidate)
-        except AttributeError:
-            continue
-    return None
 
 
 @torch.no_grad()
@@ -60,7 +51,7 @@ def compress_state_dict(model: nn.Module, config, adapter_name: str, state: dict
     deltas, bounds, rows = {}, {}, {}
     for key in [k for k in state if k.endswith(suffix)]:
         module = key[: -len(suffix)]
-        layer = _find_layer(model, module)
+        layer = find_module(model, module)
         conv1d = bool(getattr(layer, "is_conv1d", False))
         d = state[key]
         d = d.full_tensor() if hasattr(d, "full_tensor") else d
@@ -101,7 +92,7 @@ def decompress_state_dict(model: nn.Module, config, state: dict[str, torch.Tenso
             )
         name = f"Corrupt SLowED adapter {where}, module {module!r}"
         delta = decompress_matrix(parts, name)  # ΔW_rec and its norm are checked finite there
-        layer = _find_layer(model, module)
+        layer = find_module(model, module)
         if getattr(layer, "is_conv1d", False):
             delta = delta.T.contiguous()
         delta = delta / gamma

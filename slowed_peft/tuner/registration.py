@@ -9,11 +9,30 @@ nothing of the tuner, so the config can use :func:`ensure_peft_type` without an 
 
 from __future__ import annotations
 
+from typing import Optional
+
 from peft.utils.peft_types import PeftType
+from torch import nn
 
 
 PEFT_TYPE_NAME = "SLOWED"
 PREFIX = "slowed_"
+MODEL_PREFIX = "base_model.model."  # what PeftModel puts before the base model's module names
+
+
+def short_name(name: str) -> str:
+    """A module name or state-dict key without PEFT's ``base_model.model.`` prefix (as messages and files spell it)."""
+    return name.removeprefix(MODEL_PREFIX)
+
+
+def find_module(model: nn.Module, path: str) -> Optional[nn.Module]:
+    """The submodule at ``path``, with or without PEFT's prefix; ``None`` when there is none."""
+    for candidate in (path, short_name(path)):
+        try:
+            return model.get_submodule(candidate)
+        except AttributeError:
+            continue
+    return None
 
 
 def ensure_peft_type(name: str = PEFT_TYPE_NAME) -> PeftType:
