@@ -18,6 +18,8 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
+from .formats import format_prompts
+
 
 def format_anchor_prompts(
     tokenizer: Any, prompts: Sequence[str], chat_template: Optional[bool] = None
@@ -48,9 +50,7 @@ def format_anchor_prompts(
     ids = []
     for prompt in prompts:
         if use_template:
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
+            (text,) = format_prompts(tokenizer, [prompt])
             ids.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
         else:
             ids.append(list(tokenizer(prompt)["input_ids"]))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.formats import format_prompts
 from ..tuner.registration import short_name
 from .anchoring import TEMPLATE_TURNS
 
@@ -70,9 +71,7 @@ def _second_moments(model, tokenizer, prompts: list[str], user_only: bool = Fals
     try:
         with model.disable_adapter():
             for prompt in prompts:
-                text = tokenizer.apply_chat_template(
-                    [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-                )
+                (text,) = format_prompts(tokenizer, [prompt])
                 ids = tokenizer(text, add_special_tokens=False)["input_ids"]
                 rows = torch.ones(len(ids), dtype=torch.bool)
                 if user_only:  # template tokens only: drop the user's own words

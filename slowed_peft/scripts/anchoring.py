@@ -83,6 +83,7 @@ def replay_rows(n_train: int, fraction: float, seed: int = 0, split_seed: int = 
     drawn with ``split_seed`` (the alignment's: the evaluated prompts are the other part), the alignment's refusals;
     chat messages (``chat``) or plain text."""
     from ..data.alignment import refusal_response
+    from ..data.formats import chat_row
     from ..eval import load_advbench
 
     count = max(1, math.ceil(fraction * n_train))
@@ -90,13 +91,7 @@ def replay_rows(n_train: int, fraction: float, seed: int = 0, split_seed: int = 
     chosen = random.Random(seed).sample(range(len(harmful)), count)
     if not chat:
         return [{"prompt": harmful[i], "completion": refusal_response(i, split_seed)} for i in chosen]
-    return [
-        {
-            "prompt": [{"role": "user", "content": harmful[i]}],
-            "completion": [{"role": "assistant", "content": refusal_response(i, split_seed)}],
-        }
-        for i in chosen
-    ]
+    return [chat_row(harmful[i], refusal_response(i, split_seed)) for i in chosen]
 
 
 def with_replay(train_dataset: Any, fraction: float, seed: int = 0, split_seed: int = 0) -> Any:
@@ -115,10 +110,9 @@ def corda_preprocess(model: Any, tokenizer: Any, lora_config: Any, prompts: list
     """PEFT's ``preprocess_corda`` (knowledge-preserved mode) with the anchor prompts as its covariance data."""
     from peft.tuners.lora.corda import preprocess_corda
 
-    texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        for p in prompts
-    ]
+    from ..data.formats import format_prompts
+
+    texts = format_prompts(tokenizer, prompts)
     device = next(model.parameters()).device
 
     @torch.no_grad()
