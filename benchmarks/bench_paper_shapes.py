@@ -12,8 +12,9 @@ Every decoder layer of a student is identical, so full depth is extrapolated per
 
     cost at depth L = head + L × (trunk cost / --layers)
 
-Measured in one process (one thread, ``--threads``), each figure a ratio of medians over alternating calls
-(``_common.alternate``); step pairs also as the median of per-round ratios (``paired``):
+Measured in one process (one thread, ``--threads``; glibc set to keep freed memory as the recipes do, see
+``slowed_peft.utils.allocator``; ``--glibc_default`` to time without), each figure a ratio of medians over
+alternating calls (``_common.alternate``); step pairs also as the median of per-round ratios (``paired``):
 
 1. **fit**: ``fit_anchor`` (k = ``--anchor_rank``) on ``--prompts`` random-token prompts of 48-80 tokens against one
    forward pass of the initial model over the same batches (16 rows, right-padded, as the fit batches them);
@@ -69,6 +70,7 @@ from _paper_shapes import (  # noqa: E402
 )
 
 from slowed_peft import SLowEDLayer, fit_anchor  # noqa: E402
+from slowed_peft.utils.allocator import keep_freed_memory  # noqa: E402
 
 
 FIT_PARAMS = inspect.signature(fit_anchor).parameters
@@ -253,6 +255,11 @@ def main() -> None:
         "--layers", type=int, default=1, help="real-width decoder layers built (full depth extrapolated)"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--glibc_default",
+        action="store_true",
+        help="time with glibc's default allocator settings instead of keep_freed_memory() (what the recipes call)",
+    )
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
@@ -277,6 +284,9 @@ def main() -> None:
     if "bytes" in args.parts and not {"lora", "lowrank", "lowrank_anchored", "dense"} <= set(args.arms):
         parser.error("--parts bytes needs the arms lora, lowrank, lowrank_anchored and dense")
     torch.set_num_threads(args.threads)
+    # Timing as the recipes train on CPU: freed blocks reused instead of page-faulting fresh ones every step (a GPU's
+    # caching allocator does the same); the anchored dense step's weight-sized temporaries otherwise cost page faults.
+    args.keep_freed_memory = False if args.glibc_default else keep_freed_memory()
 
     results = {"machine": machine(), "args": vars(args), "models": {}}
     for name in args.models:
