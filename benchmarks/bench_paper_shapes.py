@@ -312,15 +312,19 @@ def main() -> None:
             if "bytes" in args.parts:
                 nbytes = entry["bytes"] = measure_bytes(models, args.layers, depth)
                 fb = nbytes["full_depth"]
-                print("bytes at full depth (MB): " + ", ".join(f"{k} {v / 1e6:.1f}" for k, v in fb.items()) +
-                      f"; bases fp32 / LoRA = {fb['bases_fp32'] / fb['lora_r16']:.2f} (goal <= 1.5)", flush=True)  # fmt: skip
+                sizes = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in fb.items())
+                ratio = fb["bases_fp32"] / fb["lora_r16"]
+                print(f"bytes at full depth (MB): {sizes}; bases fp32 / LoRA = {ratio:.2f} (goal <= 1.5)", flush=True)
             del models
         del head
         if "memory" in args.parts:
             entry["memory"] = measure_memory(name, args)
-            print("per layer, bf16 base + autocast: peak / kept for backward (MiB): " + ", ".join(
-                f"{a} {entry['memory'][a]['peak_per_layer_mib']:.0f} / "
-                f"{entry['memory'][a]['saved_for_backward_per_layer_mib']:.0f}" for a in args.arms), flush=True)  # fmt: skip
+            mem = entry["memory"]
+            sizes = ", ".join(
+                f"{a} {mem[a]['peak_per_layer_mib']:.0f} / {mem[a]['saved_for_backward_per_layer_mib']:.0f}"
+                for a in args.arms
+            )
+            print(f"per layer, bf16 base + autocast: peak / kept for backward (MiB): {sizes}", flush=True)
         write_json(args.out, results)
     print(f"wrote {args.out}")
 
