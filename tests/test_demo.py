@@ -74,7 +74,10 @@ def test_verdicts_say_what_happened_at_matched_learning():
     )
     assert text[1].startswith("SLowED: reaches 40% of SFT's learning. At 40% of it SFT keeps 0.734")
     assert text[3].startswith("SFT + anchor: reaches 95% of SFT's learning") and text[3].endswith("above SFT.")
-    assert "learning-rate change" in text[-1] and "0.812 vs 0.812" in text[-1]
+    assert "learning-rate change" in text[4] and "0.812 vs 0.812" in text[4]
+    # the anchor against the learning-rate control at the learning both reach (40%: lr×γ's best)
+    assert text[5].startswith("SFT + anchor against SFT lr×γ") and "at 40% of SFT's learning" in text[5]
+    assert "0.844 vs 0.813" in text[5] and "not separated from SFT lr×γ" in text[5] and len(text) == 6
     joined = " ".join(text)
     for phrase in ("nan", "(s)", "does not not", "no baseline does not"):
         assert phrase not in joined

@@ -151,7 +151,8 @@ def test_demo_end_to_end_on_the_embedded_model(tmp_path, shared_model_cache, mon
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["anchor_rank"] == 64  # the saved adapter is the anchored one
     saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["table"] == report["table"] and "SFT lr×γ" in report["table"] and len(saved["verdicts"]) == 5
+    assert saved["table"] == report["table"] and "SFT lr×γ" in report["table"]
+    assert saved["verdicts"][0].startswith("Plain SFT") and len(saved["verdicts"]) in (5, 6)  # 6: both learned
     assert "nan" not in report["table"] + " ".join(saved["verdicts"])
     assert [c["step"] for c in report["runs"]["slowed"]["checkpoints"]] == [1, 2]
     assert "harmful_kl" not in report["runs"]["slowed"]["checkpoints"][0]  # light checkpoint: refusals and NLL
