@@ -227,3 +227,23 @@ def test_a_bf16_merge_keeps_the_anchor_to_one_rounding_of_the_merged_weight(tok)
     with torch.no_grad():
         moved_anchor = float((merged(ids).logits.float() - base_logits).abs().max())
     assert 0 < moved_anchor < 0.1 * moved_elsewhere
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_projection_is_exact_under_bf16_autocast(transposed):
+    """The paper configs train under bf16 autocast: the projection must still run in float32, or ~3e-3 of the delta's
+    action on span(Q) survives (autocast's bf16 matmuls)."""
+    from slowed_peft.tuner.functional import project_out, project_out_
+
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(512, 64, generator=g, dtype=torch.float64))
+    q = q.float()
+    d = torch.randn(1024, 512, generator=g)
+    d = d.T.contiguous() if transposed else d
+    on_span = (lambda m: q.T @ m) if transposed else (lambda m: m @ q)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        projected = project_out(d, q, transposed)
+        grad = project_out_(d.clone(), q, transposed)
+    for out in (projected, grad):
+        assert out.dtype == torch.float32
+        assert float(on_span(out).abs().max()) <= 1e-5 * float(on_span(d).abs().max())

@@ -49,6 +49,8 @@ def run_sft(tiny_dir, out, *extra):
         "false",
         "--learning_rate",
         "1e-3",
+        "--anchor_rank",
+        "8",  # the default arm is the safety anchor; the tiny model is 32 wide
         "--output_dir",
         str(out),
         *extra,

@@ -37,7 +37,8 @@ def test_recipe_parser_accepts_every_trl_sft_key():
 
 
 def test_a_trl_sft_yaml_runs_unchanged_through_slowed_sft(tmp_path, tiny_dir):
-    """The keys of TRL's example SFT configs (no SLowED key at all): the recipe trains its default arm, SLowED."""
+    """The keys of TRL's example SFT configs (no SLowED key at all): the recipe trains its default arm, the safety
+    anchor (8 directions: the tiny model is 32 wide, below the default 64)."""
     from slowed_peft.scripts.sft import run as sft_run
 
     trl_yaml = {
@@ -61,9 +62,9 @@ def test_a_trl_sft_yaml_runs_unchanged_through_slowed_sft(tmp_path, tiny_dir):
     }
     path = tmp_path / "trl_sft.yaml"
     path.write_text(yaml.safe_dump(trl_yaml))
-    sft_run(["--config", str(path), "--dataset_limit", "8"])
+    sft_run(["--config", str(path), "--dataset_limit", "8", "--anchor_rank", "8"])
     cfg = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
-    assert cfg["peft_type"] == "SLOWED"
+    assert cfg["peft_type"] == "SLOWED" and cfg["anchor_rank"] == 8 and cfg["slow_factor"] == 1.0
 
 
 def test_trl_sft_trainer_with_slowed_config_and_fresh_load(tmp_path, tiny_dir):

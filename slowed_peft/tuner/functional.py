@@ -43,12 +43,14 @@ def project_out(d: torch.Tensor, anchor: Optional[torch.Tensor], transposed: boo
 
     ``anchor`` is ``in_features × k`` with orthonormal columns (``None`` or ``k = 0``: ``D`` itself). ``D`` is in the
     base weight's layout: ``out × in`` (``D − (D Q) Qᵀ``) or, for ``Conv1D`` (``transposed``), ``in × out``
-    (``D − Q (Qᵀ D)``). Differentiable; computed in float32 at least, returned in ``D``'s dtype."""
+    (``D − Q (Qᵀ D)``). Differentiable; computed in float32 at least — also under ``torch.autocast``, whose bf16
+    matmuls would leave ~3e-3 of ``D``'s action on span(``anchor``) — and returned in ``D``'s dtype."""
     if anchor is None or anchor.shape[-1] == 0:
         return d
     work = d if d.dtype in (torch.float32, torch.float64) else d.float()
     q = anchor.to(device=d.device, dtype=work.dtype)
-    projected = work - q @ (q.T @ work) if transposed else work - (work @ q) @ q.T
+    with torch.autocast(device_type=d.device.type, enabled=False):
+        projected = work - q @ (q.T @ work) if transposed else work - (work @ q) @ q.T
     return projected.to(d.dtype)
 
 
@@ -57,10 +59,11 @@ def project_out_(grad: torch.Tensor, anchor: Optional[torch.Tensor], transposed:
     if anchor is None or anchor.shape[-1] == 0:
         return grad
     q = anchor.to(device=grad.device, dtype=grad.dtype)
-    if transposed:
-        grad.sub_(q @ (q.T @ grad))
-    else:
-        grad.sub_((grad @ q) @ q.T)
+    with torch.autocast(device_type=grad.device.type, enabled=False):
+        if transposed:
+            grad.sub_(q @ (q.T @ grad))
+        else:
+            grad.sub_((grad @ q) @ q.T)
     return grad
 
 
