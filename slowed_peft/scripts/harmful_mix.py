@@ -14,6 +14,8 @@ from typing import Any
 
 from datasets import Dataset
 
+from ..data.formats import chat_row
+
 
 __all__ = ["harmful_count", "harmful_rows", "with_harmful_rows"]
 
@@ -52,13 +54,7 @@ def harmful_rows(count: int, seed: int = 0, split_seed: int = 0, chat: bool = Tr
     chosen = _rng("behaviours", seed).sample(range(len(pairs)), count)
     if not chat:
         return [{"prompt": pairs[i][0], "completion": pairs[i][1]} for i in chosen]
-    return [
-        {
-            "prompt": [{"role": "user", "content": pairs[i][0]}],
-            "completion": [{"role": "assistant", "content": pairs[i][1]}],
-        }
-        for i in chosen
-    ]
+    return [chat_row(pairs[i][0], pairs[i][1]) for i in chosen]
 
 
 def with_harmful_rows(dataset: Dataset, fraction: float, seed: int = 0, split_seed: int = 0) -> Dataset:
