@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import accelerate
 import pytest
 import torch
 import yaml
+from packaging.version import Version
 from safetensors.torch import load_file
 from test_distributed import recipe
 
@@ -90,11 +92,18 @@ def launcher_prefix(root: Path, launcher: str) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--main_process_port", "0"]
 
 
+FSDP2_ACCELERATE = "1.16"  # the oldest accelerate the FSDP2 cases pass with (1.12 fails; 1.13-1.15 not tried)
+
+
 @pytest.mark.slow  # 1-process reference (one per delta kind, shared) + 2 processes per case; CI runs this tier
 @pytest.mark.parametrize("launcher, r", [("fsdp2", None), ("fsdp2", 4), ("zero2", None), ("torchrun", None)])
 def test_anchored_arm_on_two_processes_matches_one_process(anchored, launcher, r):
     if launcher == "zero2":
         pytest.importorskip("deepspeed")
+    if launcher == "fsdp2" and Version(accelerate.__version__) < Version(FSDP2_ACCELERATE):
+        # accelerate 1.12's fsdp2_load_full_state_dict (cpu_ram_efficient_loading) takes every state-dict entry for a
+        # DTensor and fails on SLowED's unsharded buffers (AttributeError: 'Tensor' ... 'device_mesh'); 1.16 works.
+        pytest.skip(f"accelerate + FSDP2 with SLowED adapters is tested on accelerate >= {FSDP2_ACCELERATE}")
     root, config, reference = anchored
     one, one_dump, one_out = reference(r)
     distributed_type, env, flags = LAUNCHES[launcher]
