@@ -232,12 +232,7 @@ def anchor_section(
     ]
     lines += ["|---|---|---|---|---|---|---|"]
     for other in [m for m in runs if m != ANCHOR]:
-        cells = []
-        for judge in JUDGE_NAMES:
-            m = matched_difference(judged[judge][1], ANCHOR, other)
-            cells.append("no shared level" if m is None else f"{m[1]:+.3f} [{m[2]:+.3f}, {m[3]:+.3f}] @{m[0]:.0%}")
-            d = end_difference(runs, ANCHOR, other, judge=judge)
-            cells.append(f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+        cells = judge_cells(runs, judged, other, JUDGE_NAMES)
         for key in ("arc_hits", "format_hits"):
             d = end_difference(runs, ANCHOR, other, key)
             cells.append("–" if d is None else f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
@@ -304,6 +299,17 @@ def refusal_verdicts(
             f"anchored minus replay at the end {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]{at}."
         )
     return out
+
+
+def judge_cells(runs: dict, judged: dict, other: str, judges) -> list[str]:
+    """Anchored − ``other`` under each judge: the paired refusal difference at matched learning, then at the end."""
+    cells = []
+    for judge in judges:
+        m = matched_difference(judged[judge][1], ANCHOR, other)
+        cells.append("no shared level" if m is None else f"{m[1]:+.3f} [{m[2]:+.3f}, {m[3]:+.3f}] @{m[0]:.0%}")
+        d = end_difference(runs, ANCHOR, other, judge=judge)
+        cells.append(f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+    return cells
 
 
 def verdicts(

@@ -25,10 +25,9 @@ import numpy as np
 from .anchor_report import (
     ANCHOR,
     LEVELS,
-    end_difference,
     end_rows,
+    judge_cells,
     judged_flags,
-    matched_difference,
     matched_refusals,
     reference_reduction,
     refusal_verdicts,
@@ -135,12 +134,7 @@ def rescore(folder: str | Path, seeds: Optional[Sequence[int]] = None, judge: st
         "|---|---|---|---|---|",
     ]
     for other in [m for m in runs if m != ANCHOR]:
-        cells = []
-        for j in pair:
-            m = matched_difference(judged[j][1], ANCHOR, other)
-            cells.append("no shared level" if m is None else f"{m[1]:+.3f} [{m[2]:+.3f}, {m[3]:+.3f}] @{m[0]:.0%}")
-            d = end_difference(runs, ANCHOR, other, judge=j)
-            cells.append(f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+        cells = judge_cells(runs, judged, other, pair)
         lines.append(f"| {other} | {' | '.join(cells)} |")
     said = {j: refusal_verdicts(runs, *judged[j], initial, reference, j) for j in pair}
     flips = verdict_flips(said["marker"], said[judge], judge)
