@@ -166,7 +166,7 @@ def test_seeded_plan_runs_every_method_once_then_the_seeded_methods_other_seeds(
         ("anchored", 2),
         ("sft lr=1e-4", 2),
     ]
-    with pytest.raises(ValueError, match=r"Unknown seeded method\(s\) \['anchored k=3'\]"):
+    with pytest.raises(ValueError, match=r"Unknown method 'anchored k=3'"):
         StudyArguments(seeded_methods=["anchored", "anchored k=3"])
 
 

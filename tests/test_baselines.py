@@ -15,7 +15,7 @@ from slowed_peft.masking import ParameterEMACallback
 from slowed_peft.scripts.arguments import SLowEDArguments, apply_arm_to_training_args, peft_config_for_arm
 from slowed_peft.scripts.report import difference, matched, summarise
 from slowed_peft.scripts.runs import run_file
-from slowed_peft.scripts.study_config import CORE, EXTRA, METHODS, OPT_IN, PRIMARY, StudyArguments
+from slowed_peft.scripts.study_config import CORE, EXTRA, METHODS, OPT_IN, PRIMARY, StudyArguments, method_settings
 from slowed_peft.scripts.training import train_arm
 
 from testing_utils import TRAINER_ARGS, build_char_tokenizer, build_tiny
@@ -195,7 +195,8 @@ def test_plan_runs_the_comparisons_that_matter_first():
     assert rest[6:8] == [(m, 1) for m in CORE[3:]] and rest[8:] == [(m, 0) for m in EXTRA[3:]]
     assert len({run_file(__import__("pathlib").Path("x"), m, s) for m, s in plan}) == len(plan)
     with pytest.raises(ValueError, match="Unknown method"):
-        StudyArguments(methods=["sft lr=1e-3"])
+        StudyArguments(methods=["adam lr=1e-3"])
+    assert method_settings(StudyArguments(methods=["sft lr=1e-3"]), "sft lr=1e-3")["learning_rate"] == 1e-3
     assert set(CORE) | set(EXTRA) | set(OPT_IN) == set(METHODS)
     assert not set(OPT_IN) & {m for m, _ in plan}  # the anchor study's (and the demo's) methods run only when named
 

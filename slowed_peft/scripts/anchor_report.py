@@ -301,13 +301,13 @@ def refusal_verdicts(
     return out
 
 
-def judge_cells(runs: dict, judged: dict, other: str, judges) -> list[str]:
-    """Anchored − ``other`` under each judge: the paired refusal difference at matched learning, then at the end."""
+def judge_cells(runs: dict, judged: dict, other: str, judges, anchor: str = ANCHOR) -> list[str]:
+    """``anchor`` − ``other`` under each judge: the paired refusal difference at matched learning, then at the end."""
     cells = []
     for judge in judges:
-        m = matched_difference(judged[judge][1], ANCHOR, other)
+        m = matched_difference(judged[judge][1], anchor, other)
         cells.append("no shared level" if m is None else f"{m[1]:+.3f} [{m[2]:+.3f}, {m[3]:+.3f}] @{m[0]:.0%}")
-        d = end_difference(runs, ANCHOR, other, judge=judge)
+        d = end_difference(runs, anchor, other, judge=judge)
         cells.append(f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
     return cells
 

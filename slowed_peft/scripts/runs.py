@@ -20,7 +20,7 @@ __all__ = ["NOT_SHAPING", "claim", "load_runs", "reusable", "run_file", "study_a
 # Arguments that do not change what a run computes: a run recorded under other values of the rest is not reused.
 NOT_SHAPING = (
     "output_dir", "seeds", "extra_seeds", "methods", "seeded_methods", "workers", "report_only", "reference",
-    "save_adapter", "save_precision",
+    "save_adapter", "save_precision", "comparisons",
 )  # fmt: skip
 
 

@@ -131,6 +131,7 @@ def train_one(args: StudyArguments, student: str, method: str, seed: int, evalua
         max_drift=spec["max_drift"],
         ema_decay=args.ema_decay,
         l2sp_strength=args.l2sp_strength,
+        slowed_r=spec.get("slowed_r"),
         anchor_rank=spec.get("anchor_rank", args.anchor_rank),
         anchor_source=spec.get("anchor_source", "benign"),
         anchor_limit=args.anchor_limit,
@@ -278,6 +279,12 @@ def run_all(args: StudyArguments) -> dict:
     summary = write_report(args, out, initial, runs)
     if ANCHOR in runs and summary.get("ref_reduction"):  # the anchor's claims: learning, generation, differences
         section = anchor_section(runs, initial, summary["ref_reduction"], args.reference)
+        with open(out / "results.md", "a") as f:
+            f.write("\n" + "\n".join(section) + "\n")
+    if args.comparisons and summary.get("ref_reduction"):  # the pairs the study names (e.g. low-rank anchor vs LoRA)
+        from .pair_report import comparison_section
+
+        section = comparison_section(runs, initial, summary["ref_reduction"], args.comparisons, args.reference)
         with open(out / "results.md", "a") as f:
             f.write("\n" + "\n".join(section) + "\n")
     if args.save_adapter in runs and not (out / "adapter" / "adapter_model.safetensors").is_file():

@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
-__all__ = ["ANCHOR_METHODS", "CORE", "EXTRA", "METHODS", "OPT_IN", "PRIMARY", "StudyArguments", "method_settings"]
+__all__ = [
+    "ANCHOR_METHODS", "CORE", "EXTRA", "METHODS", "OPT_IN", "PRIMARY", "StudyArguments", "method_settings",
+    "parse_comparison", "parse_method",
+]  # fmt: skip
 
 # Each method: the arm and what it changes against the shared settings (lr, γ, ρ, τ ...). The names are the ones the
 # report and docs/results.md use. γ = 0.1 at lr 1e-4 is, under Adam, close to plain SFT at lr 1e-5 (hence that row).
@@ -33,6 +36,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "anchored random": {"arm": "anchored", "anchor_source": "random"},
     "anchored k=16": {"arm": "anchored", "anchor_rank": 16},
     "anchored k=1": {"arm": "anchored", "anchor_rank": 1},  # only the top direction (the massive-activation one)
+    # the low-rank anchored delta B(A - A Q Q^T), r = 16 like the LoRA baseline (scale 1, LoRA's is alpha/r = 2)
+    "anchored r=16": {"arm": "anchored", "slowed_r": 16, "learning_rate": 3e-4},
     "replay": {"arm": "replay"},
     "corda-kpm": {"arm": "corda", "learning_rate": 3e-4},
     # at the study's own learning rate (the demo: 5e-4), and plain SFT at learning_rate × slow_factor (γ's twin)
@@ -45,8 +50,36 @@ EXTRA = ("lem", "slow", "trust ρ=0.003", "l2sp", "sft lr=3e-5", "sft lr=3e-6", 
 # The anchor study's methods (``--config frontier_anchor``): run only when named, so the first frontier's default plan
 # (and a resumed run of it) is unchanged.
 ANCHOR_METHODS = ("anchored", "anchored train", "anchored harmful", "anchored template", "anchored random",
-                  "anchored k=16", "anchored k=1", "replay", "corda-kpm")  # fmt: skip
+                  "anchored k=16", "anchored k=1", "anchored r=16", "replay", "corda-kpm")  # fmt: skip
 OPT_IN = (*ANCHOR_METHODS, "sft", "sft lr×γ")  # not in the first frontier's default plan
+
+
+def parse_method(name: str) -> tuple[str, Optional[float]]:
+    """``(entry of METHODS, learning-rate override or None)``: a method is a :data:`METHODS` name, optionally followed
+    by `` lr=<rate>`` for a learning-rate grid (``"lora r=16 lr=1e-3"``, ``"corda-kpm lr=3e-3"``).
+
+    Raises ``ValueError`` naming ``name`` and the accepted names when it is neither.
+    """
+    if name in METHODS:
+        return name, None
+    base, sep, rate = name.rpartition(" lr=")
+    if sep and base in METHODS:
+        try:
+            value = float(rate)
+        except ValueError:
+            value = float("nan")
+        if value > 0:
+            return base, value
+        raise ValueError(f"Method {name!r}: the learning rate after 'lr=' must be a positive number; got {rate!r}.")
+    raise ValueError(f"Unknown method {name!r}; accepted: {list(METHODS)}, each optionally followed by ' lr=<rate>'.")
+
+
+def parse_comparison(text: str) -> tuple[str, str]:
+    """``"A vs B"`` as ``(A, B)``: a pair the report compares at matched learning (A minus B)."""
+    a, sep, b = text.partition(" vs ")
+    if not sep or not a.strip() or not b.strip():
+        raise ValueError(f"A comparison is 'A vs B' (two methods run); got {text!r}.")
+    return a.strip(), b.strip()
 
 
 @dataclass
@@ -127,20 +160,26 @@ class StudyArguments:
         default=None, metadata={"help": "Method whose adapter goes to output_dir/adapter."}
     )
     save_precision: str = field(default="4bit", metadata={"help": "That adapter: 4bit (shareable) | fp32 (exact)."})
+    comparisons: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Pairs 'A vs B' the report compares at matched learning (A minus B, paired bootstrap, both "
+            "judges), e.g. 'anchored r=16 vs lora r=16 lr=1e-3'."
+        },
+    )
 
     def __post_init__(self) -> None:
-        names = self.methods if self.methods is not None else list(METHODS)
-        unknown = sorted(set(names) - set(METHODS))
-        if unknown:
-            raise ValueError(f"Unknown method(s) {unknown}; accepted: {list(METHODS)}.")
+        for name in [*(self.methods or ()), *(self.seeded_methods or ())]:
+            parse_method(name)
         if self.student not in ("replication", "demo"):
             raise ValueError(f"`student` must be 'replication' or 'demo'; got student={self.student!r}.")
-        unknown = sorted(set(self.seeded_methods or ()) - set(METHODS))
-        if unknown:
-            raise ValueError(f"Unknown seeded method(s) {unknown}; accepted: {list(METHODS)}.")
         outside = sorted(set(self.seeded_methods or ()) - set(self.methods or self.default_methods()))
         if outside:
             raise ValueError(f"Seeded method(s) {outside} are not among the methods run: add them to `methods`.")
+        for text in self.comparisons or ():
+            outside = sorted(set(parse_comparison(text)) - set(self.methods or self.default_methods()))
+            if outside:
+                raise ValueError(f"Comparison {text!r} names {outside}, not among the methods run: add to `methods`.")
         if (self.train_rows is not None and self.train_rows < self.batch_size) or self.epochs < 1:
             raise ValueError(f"Need train_rows >= batch_size and epochs >= 1; got {self.train_rows}, {self.epochs}.")
         for name in ("max_steps", "eval_steps", "full_every"):
@@ -206,7 +245,10 @@ def method_settings(args: StudyArguments, method: str) -> dict[str, Any]:
         entropy_source="live",
         entropy_normalization="kept",
     )
-    spec.update(METHODS[method])
+    base, rate = parse_method(method)
+    spec.update(METHODS[base])
+    if rate is not None:
+        spec["learning_rate"] = rate
     if spec.pop("lr_times_slow_factor", False):
         spec["learning_rate"] = args.learning_rate * args.slow_factor
     return spec
