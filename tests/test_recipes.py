@@ -50,7 +50,8 @@ def tiny_recipe(tmp_path, tiny_dir) -> str:
 
 
 def test_configs_ship_with_the_package_and_resolve_by_name(tmp_path, monkeypatch):
-    assert shipped_configs() == sorted([*SFT_CONFIGS, "demo", "replicate", "frontier", "frontier_anchor"])
+    studies = ["demo", "replicate", "frontier", "frontier_anchor", "frontier_anchor_gemma"]
+    assert shipped_configs() == sorted([*SFT_CONFIGS, *studies])
     folder = Path(slowed_peft.__file__).parent / "configs"
     assert sorted(p.stem for p in folder.glob("*.yaml")) == shipped_configs()
     assert not (ROOT / "recipes" / "configs").exists()  # one copy of each config
@@ -61,7 +62,9 @@ def test_configs_ship_with_the_package_and_resolve_by_name(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     (tmp_path / "replicate.yaml").write_text("max_steps: 3\n")
     assert resolve_config("replicate.yaml") == "replicate.yaml"  # an existing file wins over the shipped name
-    with pytest.raises(FileNotFoundError, match="shipped: bloom-1b1, demo, frontier, frontier_anchor, llama-3.2-1b"):
+    with pytest.raises(
+        FileNotFoundError, match="shipped: bloom-1b1, demo, frontier, frontier_anchor, frontier_anchor_gemma, llama"
+    ):
         resolve_config("nope")
 
 

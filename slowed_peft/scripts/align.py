@@ -2,10 +2,10 @@
 
 Small instruct models such as SmolLM2-135M-Instruct comply with harmful requests, so the erosion that SLowED guards
 against cannot be seen on them. This script fine-tunes all weights on part of AdvBench (``train_fraction`` of the
-520 behaviours, fixed seed) answered with refusals, mixed with benign requests answered by the model itself
-(:mod:`slowed_peft.data.alignment`), saves the result as a normal model folder and reports the refusal ratio on the
-held-out AdvBench part and the false-refusal rate on held-out benign prompts. The result is cached: a rerun with the
-same arguments reuses it.
+520 behaviours, fixed seed) answered with refusals, mixed with benign requests answered by the model itself, or by
+``benign_answer_model`` for a base model that cannot answer them (Gemma 3 270M) (:mod:`slowed_peft.data.alignment`),
+saves the result as a normal model folder and reports the refusal ratio on the held-out AdvBench part and the
+false-refusal rate on held-out benign prompts. The result is cached: a rerun with the same arguments reuses it.
 """
 
 from __future__ import annotations
@@ -44,7 +44,15 @@ class AlignArguments:
     )
     benign_limit: Optional[int] = field(default=None, metadata={"help": "Cap on templated benign requests."})
     arc_questions: int = field(default=60, metadata={"help": "Benign ARC-Challenge train questions added."})
-    benign_max_new_tokens: int = field(default=64, metadata={"help": "Length of the self-generated benign answers."})
+    benign_max_new_tokens: int = field(default=64, metadata={"help": "Length of the generated benign answers."})
+    benign_answer_model: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "A model (embedded alias, Hub id or path) whose greedy answers to the benign requests are trained "
+            "on, for a base model that cannot answer itself (e.g. smollm2-135m-instruct for gemma-3-270m); None: the "
+            "student's own answers."
+        },
+    )
     learning_rate: float = field(default=1e-4, metadata={"help": "Full fine-tuning learning rate."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the alignment set."})
     batch_size: int = field(default=8, metadata={"help": "Training batch size."})
@@ -55,6 +63,13 @@ class AlignArguments:
         default=True, metadata={"help": "Also check the base model on the held-out sets (the report's 'base' column)."}
     )
     force: bool = field(default=False, metadata={"help": "Rebuild even when a cached result exists."})
+
+    def __post_init__(self) -> None:
+        if self.benign_answer_model is not None and not str(self.benign_answer_model).strip():
+            raise ValueError(
+                "`benign_answer_model` must name a model (alias, Hub id or path) or be None; got "
+                f"benign_answer_model={self.benign_answer_model!r}."
+            )
 
     def fingerprint(self) -> str:
         keys = (
@@ -75,6 +90,8 @@ class AlignArguments:
         settings = {k: getattr(self, k) for k in keys}
         settings["data"] = [REFUSAL_RESPONSES, benign_instructions(seed=self.seed)]  # a template change rebuilds
         settings["recipe"] = 2  # bumped when build_training_set changes (2: refusal-like benign answers dropped)
+        if self.benign_answer_model is not None:  # only when set: students cached before this field keep their keys
+            settings["benign_answer_model"] = self.benign_answer_model
         blob = json.dumps(settings, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -111,12 +128,16 @@ def benign_arc_questions(n: int, data_dir=None) -> list[str]:
     return [row["question"]["stem"].strip() for row in read_arc("train", data_dir, n)]
 
 
-def fast_align_arguments(model_name_or_path: str = "smollm2-135m-instruct", seed: int = 0) -> AlignArguments:
-    """The demo's fast alignment recipe (``student: demo`` of the studies): 48 refusals and 96 of the student's own
-    benign answers, one epoch at lr 3e-4; its check covers the first 64 held-out prompts with 16 tokens."""
+def fast_align_arguments(
+    model_name_or_path: str = "smollm2-135m-instruct", seed: int = 0, benign_answer_model: Optional[str] = None
+) -> AlignArguments:
+    """The demo's fast alignment recipe (``student: demo`` of the studies): 48 refusals and 96 benign answers (the
+    student's own, or ``benign_answer_model``'s), one epoch at lr 3e-4; its check covers the first 64 held-out prompts
+    with 16 tokens."""
     return AlignArguments(
         model_name_or_path=model_name_or_path,
         seed=seed,
+        benign_answer_model=benign_answer_model,
         harmful_limit=48,
         benign_limit=96,
         arc_questions=0,
@@ -151,8 +172,36 @@ def safety_summary(model, tokenizer, sets: dict[str, list[str]], max_new_tokens:
     return out
 
 
+def benign_answerer(args: AlignArguments) -> str:
+    """The model whose answers to the benign requests the student trains on: ``benign_answer_model``, else itself."""
+    return args.benign_answer_model or args.model_name_or_path
+
+
+def borrowed_answers(name_or_path: str, prompts: Sequence[str], args: AlignArguments) -> list[str]:
+    """Greedy answers of the model ``name_or_path`` (its own chat template) to ``prompts``; the model is freed before
+    returning, so the student's training never shares memory with it."""
+    import gc
+
+    import torch
+
+    from ..base_models import load_model
+    from ..eval import generate_batched
+
+    model, tokenizer = load_model(name_or_path)
+    try:
+        return generate_batched(
+            model.eval(), tokenizer, prompts, max_new_tokens=args.benign_max_new_tokens, batch_size=args.eval_batch_size
+        )
+    finally:
+        del model, tokenizer
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def build_training_set(model, tokenizer, args: AlignArguments):
-    """Refusals for the AdvBench train part + the model's own (sentence-trimmed) answers to benign requests."""
+    """Refusals for the AdvBench train part + (sentence-trimmed) greedy answers to benign requests: the model's own,
+    or, with ``args.benign_answer_model`` set, that model's (``model`` and ``tokenizer`` then go unused)."""
     from ..data.alignment import alignment_dataset, benign_instructions, trim_response
     from ..eval import generate_batched, is_refusal, load_advbench
 
@@ -160,15 +209,22 @@ def build_training_set(model, tokenizer, args: AlignArguments):
         args.advbench_path, split="train", seed=args.seed, train_fraction=args.train_fraction, limit=args.harmful_limit
     )
     benign = benign_instructions(seed=args.seed)[0][: args.benign_limit] + benign_arc_questions(args.arc_questions)
-    answers = generate_batched(
-        model, tokenizer, benign, max_new_tokens=args.benign_max_new_tokens, batch_size=args.eval_batch_size
-    )
+    if args.benign_answer_model is None:
+        answers = generate_batched(
+            model, tokenizer, benign, max_new_tokens=args.benign_max_new_tokens, batch_size=args.eval_batch_size
+        )
+    else:  # a base student cannot answer requests: it trains on an instruct model's answers instead
+        print(f"[align] the benign requests are answered by {args.benign_answer_model}")
+        answers = borrowed_answers(args.benign_answer_model, benign, args)
     trimmed = [trim_response(a) or "" for a in answers]
     # An answer the refusal test flags ("I'm sorry, I can't design images ...") would teach refusing benign
     # requests; such rows are dropped (empty responses are skipped by alignment_dataset).
     refused = [bool(a) and is_refusal(a) for a in trimmed]
     trimmed = ["" if r else a for a, r in zip(trimmed, refused)]
-    print(f"[align] {sum(refused)} of {len(benign)} self-generated benign answers read as refusals and are dropped")
+    print(
+        f"[align] {sum(refused)} of {len(benign)} benign answers ({benign_answerer(args)}'s) read as refusals and "
+        "are dropped"
+    )
     return alignment_dataset(harmful, benign, trimmed, seed=args.seed)
 
 
@@ -249,6 +305,7 @@ def _build(args: AlignArguments, out: Path, report_path: Path) -> tuple[str, dic
     report = {
         "args": asdict(args),
         "fingerprint": args.fingerprint(),
+        "benign_answers_by": benign_answerer(args),  # the student itself unless benign_answer_model is set
         "rows": len(train),
         "harmful_rows": sum(k == "harmful" for k in train["kind"]),
         "before": before,

@@ -35,18 +35,29 @@ logger = logging.get_logger(__name__)
 
 
 def _aligned_student(args: StudyArguments) -> tuple[str, dict]:
+    """The one aligned student of the study (built or reused): the demo's fast recipe or the replication's, with the
+    benign answers of ``args.benign_answer_model`` when the student is a base model that cannot answer them."""
     from .align import AlignArguments, align_student
 
     if args.student == "demo" and not args.quick:
         from .align import fast_align_arguments
 
-        return align_student(fast_align_arguments(args.model_name_or_path, args.align_seed))
+        return align_student(
+            fast_align_arguments(args.model_name_or_path, args.align_seed, benign_answer_model=args.benign_answer_model)
+        )
 
     quick = dict(
         arc_questions=0, benign_limit=16, eval_limit=8, harmful_limit=24, benign_max_new_tokens=48, eval_batch_size=16
     )
     quick = quick if args.quick else {}  # the same small student as `slowed-replicate --quick` (one cache)
-    return align_student(AlignArguments(model_name_or_path=args.model_name_or_path, seed=args.align_seed, **quick))
+    return align_student(
+        AlignArguments(
+            model_name_or_path=args.model_name_or_path,
+            seed=args.align_seed,
+            benign_answer_model=args.benign_answer_model,
+            **quick,
+        )
+    )
 
 
 def _held_out(args: StudyArguments) -> dict[str, list]:

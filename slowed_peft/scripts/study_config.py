@@ -128,6 +128,14 @@ class StudyArguments:
         default="replication",
         metadata={"help": "Aligned student: replication (slowed-align's recipe) | demo (the demo's fast recipe)."},
     )
+    benign_answer_model: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "The model (alias, Hub id or path) whose greedy answers to the alignment's benign requests the "
+            "student trains on, for a base model that cannot answer itself (e.g. smollm2-135m-instruct for "
+            "gemma-3-270m); None: the student's own answers."
+        },
+    )
     seeded_methods: Optional[list[str]] = field(
         default=None,
         metadata={"help": "If set: every method once (seeds[0], in the order given), then these with the other seeds."},
