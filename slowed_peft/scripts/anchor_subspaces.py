@@ -12,6 +12,8 @@ one-word user turn) the anchor is fitted on the aligned student; per wrapped lay
   user's words).
 
     python -m slowed_peft.scripts.anchor_subspaces --output_dir outputs/anchor_subspaces
+    python -m slowed_peft.scripts.anchor_subspaces --model_name_or_path gemma-3-270m \
+        --benign_answer_model smollm2-135m-instruct --output_dir outputs/anchor_subspaces_gemma
 """
 
 from __future__ import annotations
@@ -91,6 +93,10 @@ def _second_moments(model, tokenizer, prompts: list[str], user_only: bool = Fals
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="outputs/anchor_subspaces")
+    parser.add_argument("--model_name_or_path", default="smollm2-135m-instruct", help="Student before alignment.")
+    parser.add_argument(
+        "--benign_answer_model", default=None, help="Who answers the alignment's benign requests (a base student)."
+    )
     parser.add_argument("--anchor_rank", type=int, default=64)
     parser.add_argument("--limit", type=int, default=80)
     parser.add_argument("--train_rows", type=int, default=32)
@@ -105,7 +111,7 @@ def main() -> None:
     from .align import AlignArguments, align_student, fast_align_arguments, held_out_sets
 
     started = time.time()
-    student, _ = align_student(fast_align_arguments())
+    student, _ = align_student(fast_align_arguments(args.model_name_or_path, 0, args.benign_answer_model))
     base, tokenizer = load_model(student)
     model = get_peft_model(base, SLowEDConfig(target_modules="all-linear", anchor_rank=args.anchor_rank))
     sets = _prompt_sets(tokenizer, args.train_rows, args.limit)
@@ -146,7 +152,7 @@ def main() -> None:
 
     sources = list(bases)
     lines = [
-        f"Aligned demo student, k = {args.anchor_rank}, {len(layers)} layers; means over layers "
+        f"Aligned demo student of {args.model_name_or_path}, k = {args.anchor_rank}, {len(layers)} layers; means over layers "
         f"({round(time.time() - started)} s).",
         "",
         "| basis | overlap with benign | evaluated harmful energy held |",
