@@ -228,10 +228,10 @@ def plot(summary: dict, runs: dict[str, list[dict]], initial: dict, out: Path) -
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in dict.fromkeys((summary["reference"], "lem", "slow", "slowed", "sft lr=1e-5", "ema", "lora r=16")):
-        if method in summary["methods"]:
-            row = summary["methods"][method]
-            ax.plot(row["epochs"], row["refusal_by_epoch"], marker="o", label=method)
+    colours = plt.get_cmap("tab20").colors
+    for k, (method, row) in enumerate(summary["methods"].items()):  # every method run (the anchor's included)
+        ax.plot(row["epochs"], row["refusal_by_epoch"], marker="o", color=colours[(2 * k) % 20 + (2 * k) // 20],
+                label=method)  # fmt: skip
     ax.set_xlabel("epoch")
     ax.set_ylabel("held-out AdvBench refusal ratio")
     ax.legend(fontsize=7)
