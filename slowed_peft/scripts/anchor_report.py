@@ -167,6 +167,19 @@ def matched_difference(levels: dict, a: str, b: str) -> Optional[tuple[float, fl
     return None
 
 
+def judged_tables(
+    runs: dict[str, list[dict]], initial: dict, ref_reduction: float, reference: str = REFERENCE
+) -> dict[str, tuple[dict, dict]]:
+    """Per judge of :data:`JUDGE_NAMES`, ``(end_rows, matched_refusals)``: what the sections' tables and verdicts read."""
+    return {
+        j: (
+            end_rows(runs, initial, ref_reduction, reference, j),
+            matched_refusals(runs, initial, ref_reduction, reference, j),
+        )
+        for j in JUDGE_NAMES
+    }
+
+
 def anchor_section(
     runs: dict[str, list[dict]], initial: dict, ref_reduction: float, reference: str = REFERENCE
 ) -> list[str]:
@@ -174,13 +187,7 @@ def anchor_section(
     refusal ones under both judges)."""
     from ..eval.report import format_value as f
 
-    judged = {
-        j: (
-            end_rows(runs, initial, ref_reduction, reference, j),
-            matched_refusals(runs, initial, ref_reduction, reference, j),
-        )
-        for j in JUDGE_NAMES
-    }
+    judged = judged_tables(runs, initial, ref_reduction, reference)
     rows, levels = judged["marker"]
     start = initial["refusal_ratio"]
     harmful_data = any(r.get("study_args", {}).get("harmful_fraction") for rs in runs.values() for r in rs)

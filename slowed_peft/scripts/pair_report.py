@@ -8,7 +8,7 @@ low-rank anchor against LoRA at its own learning rate, one learning rate of a gr
 
 from __future__ import annotations
 
-from .anchor_report import JUDGE_NAMES, end_rows, judge_cells, matched_difference, matched_refusals
+from .anchor_report import JUDGE_NAMES, judge_cells, judged_tables, matched_difference
 from .report import REFERENCE
 from .study_config import parse_comparison
 
@@ -39,13 +39,7 @@ def comparison_section(
     attack success at the end) and their verdicts; a pair with a method not yet run says so."""
     from ..eval.report import format_value as f
 
-    judged = {
-        j: (
-            end_rows(runs, initial, ref_reduction, reference, j),
-            matched_refusals(runs, initial, ref_reduction, reference, j),
-        )
-        for j in JUDGE_NAMES
-    }
+    judged = judged_tables(runs, initial, ref_reduction, reference)
     rows, levels = judged["marker"]
     lines = [
         "## Paired comparisons",
