@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from safetensors.torch import load_file
 
 from slowed_peft.scripts.configs import resolve_config
 
-from testing_utils import build_char_tokenizer, build_tiny
+from testing_utils import build_char_tokenizer, build_tiny, run_distributed
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,9 +52,7 @@ def launch(nproc: int, config: str, out: Path, **flags) -> list[dict]:
         str(out),
         *extra,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
+    run_distributed(cmd, outputs=(out,))
     history = json.loads((out / "log_history.json").read_text())["log_history"]
     return [h for h in history if "loss" in h and "train_runtime" not in h]
 

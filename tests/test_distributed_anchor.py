@@ -6,8 +6,6 @@ tests/test_distributed.py runs the other arms."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -20,7 +18,7 @@ from packaging.version import Version
 from safetensors.torch import load_file
 from test_distributed import recipe
 
-from testing_utils import build_char_tokenizer, build_tiny
+from testing_utils import build_char_tokenizer, build_tiny, run_distributed
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,9 +41,7 @@ def run_worker(prefix: list[str], config: str, out: Path, env: dict, **flags) ->
     dump.mkdir(parents=True, exist_ok=True)
     extra = [x for k, v in flags.items() for x in (f"--{k}", str(v))]
     cmd = [*prefix, str(WORKER), "--config", config, "--output_dir", str(out), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ANCHOR_DUMP": str(dump), **env}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
+    run_distributed(cmd, outputs=(out, dump), env={"ANCHOR_DUMP": str(dump), **env})
     history = json.loads((out / "log_history.json").read_text())["log_history"]
     return [h for h in history if "loss" in h and "train_runtime" not in h], dump
 

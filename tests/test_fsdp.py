@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from testing_utils import run_distributed
 
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
@@ -28,9 +28,7 @@ def test_fsdp2_two_processes_keep_the_trust_region(tmp_path, granularity, r):
         granularity,
         r,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
+    run_distributed(cmd, timeout=300)
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert all(rank["sharded"] for rank in ranks)  # the adapter weights really are DTensor shards
     assert ranks[0] == ranks[1]  # norms are reduced over the full tensors, so every rank reports the same drift
